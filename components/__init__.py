@@ -1,0 +1,1 @@
+"""KFP components (filled by the pipeline issue)."""

@@ -1,0 +1,1 @@
+"""KFP pipelines (filled by the pipeline issue)."""

@@ -1,0 +1,3 @@
+from photo_detector.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,330 @@
+"""The one config: a dataclass tree loaded from the packaged defaults, a user YAML and CLI overrides.
+
+Why a typed tree instead of a dict: every key is validated once, here, so stages can trust what they read,
+and a mistyped key fails at load time naming itself and its valid siblings instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from photo_detector.errors import ConfigError
+
+PROFILES_PACKAGE = "photo_detector.configs"
+
+
+def _spec(*, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+          choices: tuple[Any, ...] | None = None, length: int | None = None) -> dict[str, Any]:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "length": length}
+
+
+def _f(default: Any, **spec: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=_spec(**spec))
+    return field(default=default, metadata=_spec(**spec))
+
+
+@dataclass
+class DataConfig:
+    image_size: int = _f(224, lo=16, hi=1024)
+    crop_pct: float = _f(0.875, lo=0.0, hi=1.0, lo_open=True)
+    batch_size: int = _f(64, lo=2, hi=4096)
+    num_workers: int = _f(4, lo=0, hi=256)
+    mean: list[float] = _f([0.485, 0.456, 0.406], lo=0.0, hi=1.0, length=3)
+    std: list[float] = _f([0.229, 0.224, 0.225], lo=0.0, hi=1.0, lo_open=True, length=3)
+
+    @property
+    def resize_size(self) -> int:
+        """Side the eval path resizes to before center-cropping `image_size`."""
+        return max(self.image_size, round(self.image_size / self.crop_pct))
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("efficientnet_b0")
+    pretrained: bool = _f(True)
+    weights: str | None = _f(None)
+    hidden_dim: int = _f(512, lo=1, hi=16384)
+    dropout: float = _f(0.3, lo=0.0, hi=1.0)
+    freeze_backbone: bool = _f(False)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(15, lo=1, hi=10000)
+    optimizer: str = _f("adamw", choices=("adamw",))
+    learning_rate: float = _f(0.001, lo=0.0, hi=10.0, lo_open=True)
+    weight_decay: float = _f(0.0001, lo=0.0, hi=1.0)
+    scheduler: str = _f("cosine", choices=("cosine", "constant"))
+    warmup_epochs: int = _f(2, lo=0, hi=10000)
+    early_stopping_patience: int = _f(5, lo=0, hi=10000)
+    grad_clip_norm: float = _f(1.0, lo=0.0, hi=1e6)
+    checkpoint_monitor: str = _f("val_accuracy", choices=("val_accuracy", "val_f1", "val_loss"))
+    checkpoint_mode: str = _f("max", choices=("max", "min"))
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = _f(True)
+
+
+@dataclass
+class ColorJitterConfig:
+    brightness: float = _f(0.2, lo=0.0, hi=1.0)
+    contrast: float = _f(0.2, lo=0.0, hi=1.0)
+    saturation: float = _f(0.1, lo=0.0, hi=1.0)
+    hue: float = _f(0.05, lo=0.0, hi=0.5)
+
+
+@dataclass
+class AugmentationConfig:
+    horizontal_flip: float = _f(0.5, lo=0.0, hi=1.0)
+    rotation_degrees: float = _f(15.0, lo=0.0, hi=180.0)
+    random_crop: bool = _f(True)
+    color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
+
+
+@dataclass
+class ThresholdsConfig:
+    classification: float = _f(0.5, lo=0.0, hi=1.0, lo_open=True)
+    high_confidence: float = _f(0.8, lo=0.0, hi=1.0)
+    low_confidence: float = _f(0.3, lo=0.0, hi=1.0)
+
+
+@dataclass
+class GateConfig:
+    min_accuracy: float = _f(0.85, lo=0.0, hi=1.0)
+    min_f1: float = _f(0.80, lo=0.0, hi=1.0)
+
+
+@dataclass
+class ExportConfig:
+    opset: int = _f(18, lo=13, hi=23)
+    parity_tolerance: float = _f(1e-4, lo=0.0, hi=1.0, lo_open=True)
+
+
+@dataclass
+class Config:
+    seed: int = _f(42, lo=0, hi=2**32 - 1)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def get(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the config tree, e.g. `train.epochs`."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += leaf_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown_key(key: str, valid: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [v.rsplit(".", 1)[-1] for v in valid], n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(f"unknown config key '{key}' in {source}",
+                       f"{hint}valid keys here: {', '.join(valid)}")
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise _unknown_key(dotted, [f"{prefix}{k}" for k in base], source)
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' in {source} must be a mapping of "
+                                  f"{', '.join(base[key])}", f"got {value!r}")
+            out[key] = _merge(base[key], value, source, f"{dotted}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist",
+                          f"pass a YAML file or a profile name ({', '.join(profile_names())})") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}", "fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {source} must hold a mapping of keys", f"got {type(data).__name__}")
+    return data
+
+
+def profile_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(PROFILES_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml") and p.name != "default.yaml")
+
+
+def _profile_path(name: str) -> Path:
+    return Path(str(resources.files(PROFILES_PACKAGE).joinpath(f"{name}.yaml")))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `key.sub=value` (value in YAML syntax, so 3, 0.1, true, null and [1,2] keep their types)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like KEY=VALUE", "e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    node: Any = value
+    for part in reversed(dotted.split(".")):
+        node = {part: node}
+    return node
+
+
+def load_config(config: str | Path | None = None,
+                overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Defaults <- profile name or YAML file <- overrides (`{"train.epochs": 3}` or `["train.epochs=3"]`)."""
+    default_path = _profile_path("default")
+    merged = _read_yaml(default_path, "the packaged default.yaml")
+    if config is not None:
+        cfg_path = Path(config)
+        if not cfg_path.exists() and str(config) in profile_names():
+            cfg_path, source = _profile_path(str(config)), f"profile '{config}'"
+        else:
+            source = str(cfg_path)
+        merged = _merge(merged, _read_yaml(cfg_path, source), source)
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    for key, value in (overrides or {}).items():
+        merged = _merge(merged, _nest(key, value), "overrides")
+    return from_dict(merged)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from a complete nested dict (e.g. one stored in a checkpoint)."""
+    cfg = _build(Config, data, "")
+    _validate_cross(cfg)
+    return cfg
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise _unknown_key(f"{prefix}{key}", [f"{prefix}{n}" for n in names], "config")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if f.name not in data:
+            continue
+        if dataclasses.is_dataclass(tp):
+            value = data[f.name]
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' must be a mapping", f"got {value!r}")
+            kwargs[f.name] = _build(tp, value, f"{dotted}.")
+        else:
+            kwargs[f.name] = _check(dotted, data[f.name], tp, f.metadata)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(key: str, value: Any, tp: Any, spec: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):  # Optional[X]
+        if value is None:
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _check(key, value, inner, spec)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}' must be a list", f"got {value!r}")
+        if spec.get("length") is not None and len(value) != spec["length"]:
+            raise ConfigError(f"config key '{key}' must have {spec['length']} items", f"got {len(value)}")
+        return [_check(f"{key}[{i}]", v, args[0], spec) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false", f"got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer", f"got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}' must be a number", f"got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string", f"got {value!r}")
+    else:  # pragma: no cover - guards future field types
+        raise ConfigError(f"config key '{key}' has unsupported type {_type_name(tp)}")
+    choices, lo, hi = spec.get("choices"), spec.get("lo"), spec.get("hi")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}", f"got {value!r}")
+    if lo is not None and (value < lo or (spec.get("lo_open") and value == lo)):
+        op = ">" if spec.get("lo_open") else ">="
+        raise ConfigError(f"config key '{key}' must be {op} {lo}", f"got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"config key '{key}' must be <= {hi}", f"got {value!r}")
+    return value
+
+
+def _validate_cross(cfg: Config) -> None:
+    """Rules that involve two keys."""
+    mode_for = {"val_accuracy": "max", "val_f1": "max", "val_loss": "min"}
+    want = mode_for[cfg.train.checkpoint_monitor]
+    if cfg.train.checkpoint_mode != want:
+        raise ConfigError(f"config key 'train.checkpoint_mode' is '{cfg.train.checkpoint_mode}' but "
+                          f"'train.checkpoint_monitor' {cfg.train.checkpoint_monitor} improves when it goes "
+                          f"{'up' if want == 'max' else 'down'}", f"set train.checkpoint_mode={want}")
+    if cfg.thresholds.low_confidence > cfg.thresholds.high_confidence:
+        raise ConfigError("config key 'thresholds.low_confidence' must be <= 'thresholds.high_confidence'",
+                          f"got {cfg.thresholds.low_confidence} > {cfg.thresholds.high_confidence}")
+    if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.warmup_epochs > 0:
+        raise ConfigError(f"config key 'train.warmup_epochs' ({cfg.train.warmup_epochs}) must be smaller than "
+                          f"'train.epochs' ({cfg.train.epochs})", "lower warmup_epochs or raise epochs")
+    if cfg.model.pretrained and cfg.model.weights is not None and not cfg.model.weights.strip():
+        raise ConfigError("config key 'model.weights' is empty", "use null for the hub default or a path")

@@ -1,0 +1,1 @@
+"""Datasets: folder layout, the offline sample generator and the decoded tensor store."""

@@ -1,0 +1,107 @@
+"""Batched augmentation and eval preprocessing on the training device.
+
+Why batched: per-image PIL transforms in DataLoader workers cost milliseconds per image on the CPU; here a
+whole batch goes through one `grid_sample` (crop + flip + rotation + resize in a single resampling) and one
+per-sample 3x3 colour matrix (brightness, contrast, saturation and hue folded together), on the GPU when
+there is one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from photo_detector.config import AugmentationConfig
+from photo_detector.preprocess import Preprocess, center_offset
+
+# Rec. 601 luma, as torchvision's grayscale, and the YIQ basis used for hue rotation.
+_GRAY = (0.299, 0.587, 0.114)
+_RGB2YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def uint8_nchw(images_nhwc: torch.Tensor) -> torch.Tensor:
+    """View a (N, H, W, 3) uint8 store batch as NCHW without copying (channels_last strides)."""
+    return images_nhwc.permute(0, 3, 1, 2)
+
+
+def _normalize(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    mean = torch.tensor(pp.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(pp.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def eval_transform(x: torch.Tensor, pp: Preprocess, channels_last: bool = False) -> torch.Tensor:
+    """Torch twin of `preprocess.to_model_input`: uint8 NCHW squares -> normalised float crops."""
+    xf = x.float()
+    if xf.shape[-1] != pp.resize_size:
+        xf = F.interpolate(xf, size=(pp.resize_size, pp.resize_size), mode="bilinear",
+                           align_corners=False, antialias=True)
+        xf = xf.round_().clamp_(0, 255)  # Pillow resizes to uint8: mirror its rounding
+    o = center_offset(pp.resize_size, pp.crop_size)
+    xf = xf[:, :, o:o + pp.crop_size, o:o + pp.crop_size] / 255.0
+    out = _normalize(xf, pp)
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+class BatchAugment:
+    """Random crop, horizontal flip, rotation and colour jitter for a uint8 NCHW batch, on its device."""
+
+    def __init__(self, cfg: AugmentationConfig, pp: Preprocess, generator: torch.Generator) -> None:
+        self.cfg = cfg
+        self.pp = pp
+        self.gen = generator
+        dev = generator.device
+        self._gray = torch.tensor(_GRAY, device=dev)
+        self._yiq = torch.tensor(_RGB2YIQ, device=dev)
+        self._yiq_inv = torch.linalg.inv(self._yiq)
+
+    def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=self.gen, device=self.gen.device) * (hi - lo) + lo
+
+    def _geometry(self, n: int) -> torch.Tensor:
+        """(n, 2, 3) affine maps from output crop coords to source coords, in affine_grid's [-1, 1] units."""
+        cfg, pp = self.cfg, self.pp
+        scale = pp.crop_size / pp.resize_size
+        angle = self._uniform(n, -cfg.rotation_degrees, cfg.rotation_degrees) * (math.pi / 180.0)
+        flip = torch.where(self._uniform(n, 0.0, 1.0) < cfg.horizontal_flip, -1.0, 1.0)
+        slack = 1.0 - scale  # how far the crop centre may move from the image centre
+        if cfg.random_crop:
+            tx, ty = self._uniform(n, -slack, slack), self._uniform(n, -slack, slack)
+        else:
+            tx = ty = torch.zeros(n, device=self.gen.device)
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        return torch.stack([torch.stack([cos * flip, -sin, tx], 1),
+                            torch.stack([sin * flip, cos, ty], 1)], 1)
+
+    def _colour(self, x: torch.Tensor) -> torch.Tensor:
+        """Brightness, contrast, saturation, hue (in that order) as one per-sample affine colour map."""
+        cj = self.cfg.color_jitter
+        n = x.shape[0]
+        b = self._uniform(n, 1 - cj.brightness, 1 + cj.brightness)
+        c = self._uniform(n, 1 - cj.contrast, 1 + cj.contrast)
+        s = self._uniform(n, 1 - cj.saturation, 1 + cj.saturation)
+        h = self._uniform(n, -cj.hue, cj.hue) * (2 * math.pi)
+        eye = torch.eye(3, device=x.device)
+        sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * torch.ones(3, 1, device=x.device) * self._gray
+        rot = torch.zeros(n, 3, 3, device=x.device)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2] = torch.cos(h), -torch.sin(h)
+        rot[:, 2, 1], rot[:, 2, 2] = torch.sin(h), torch.cos(h)
+        hue = self._yiq_inv @ rot @ self._yiq
+        k = (c * b).view(n, 1, 1) * (hue @ sat)
+        gray_mean = torch.einsum("c,nchw->n", self._gray, x) / (x.shape[-1] * x.shape[-2])
+        bias = ((1 - c) * b * gray_mean).view(n, 1, 1, 1)
+        return (torch.einsum("nij,njhw->nihw", k, x) + bias).clamp_(0.0, 1.0)
+
+    def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """uint8 NCHW (N, 3, S, S) -> augmented, normalised float (N, 3, crop, crop)."""
+        n = x.shape[0]
+        xf = x.float().div_(255.0)
+        grid = F.affine_grid(self._geometry(n), [n, 3, self.pp.crop_size, self.pp.crop_size],
+                             align_corners=False)
+        xf = F.grid_sample(xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        xf = self._colour(xf)
+        out = _normalize(xf, self.pp)
+        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

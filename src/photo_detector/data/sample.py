@@ -1,0 +1,126 @@
+"""An offline, deterministic sample dataset for demos and tests.
+
+`real` images are random crops of the real photographs scikit-learn ships (`china.jpg`, `flower.jpg`),
+downscaled with an antialiasing filter and given mild sensor noise. `ai_generated` images start from crops of
+the same photos and receive artifacts typical of image generators: a low-resolution render upsampled to the
+output size (smoothed texture), the periodic grid left by transposed convolutions, and no sensor noise.
+Both classes are PNG files of the same size and mode, so no metadata separates them; only pixels do.
+Every image has its own RNG seeded by (seed, split, class, index): the same seed gives the same bytes, and
+asking for more images keeps the earlier ones.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from photo_detector import CLASS_NAMES, SPLITS
+from photo_detector.errors import DataError, OutputExistsError
+
+SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+SOURCE_PHOTOS = ("china.jpg", "flower.jpg")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    root: Path
+    counts: dict[str, dict[str, int]]
+    seconds: float
+
+
+@cache
+def _source_photos() -> tuple[Image.Image, ...]:
+    try:
+        from sklearn.datasets import load_sample_image
+    except ImportError:  # pragma: no cover - depends on the installed extra
+        raise DataError("the sample dataset needs scikit-learn's bundled photographs",
+                        "pip install 'photo-detector[train]' (or scikit-learn)") from None
+    return tuple(Image.fromarray(load_sample_image(name)) for name in SOURCE_PHOTOS)
+
+
+def split_counts(per_class: int) -> dict[str, int]:
+    """Images per class in each split: 70/15/15, at least one each."""
+    if per_class < 3:
+        raise DataError(f"--per-class {per_class} is too small", "use at least 3 (one image per split)")
+    val = max(1, round(per_class * SPLIT_FRACTIONS["val"]))
+    test = max(1, round(per_class * SPLIT_FRACTIONS["test"]))
+    return {"train": per_class - val - test, "val": val, "test": test}
+
+
+def _random_crop(rng: np.random.Generator, size: int) -> Image.Image:
+    photo = _source_photos()[int(rng.integers(len(SOURCE_PHOTOS)))]
+    w, h = photo.size
+    side = int(rng.uniform(0.2, 0.6) * min(w, h))
+    left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    crop = photo.crop((left, top, left + side, top + side))
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def make_real(rng: np.random.Generator, size: int) -> np.ndarray:
+    img = np.asarray(_random_crop(rng, size), dtype=np.float32)
+    img = img * rng.uniform(0.85, 1.15)  # exposure
+    img += rng.normal(0.0, rng.uniform(1.5, 4.0), img.shape)  # sensor noise
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def make_ai(rng: np.random.Generator, size: int) -> np.ndarray:
+    base = _random_crop(rng, size)
+    factor = int(rng.choice([2, 3, 4]))
+    low = base.resize((max(4, size // factor),) * 2, Image.Resampling.BOX)
+    method = [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.NEAREST][int(rng.integers(3))]
+    up = low.resize((size, size), method)
+    if rng.random() < 0.5:
+        up = up.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.4, 1.0))))
+    img = np.asarray(up, dtype=np.float32) * rng.uniform(0.85, 1.15)
+    if rng.random() < 0.95:  # transposed-convolution checkerboard: +-1 cells of period/2 pixels
+        half = int(rng.choice([1, 2, 4]))
+        yy, xx = np.mgrid[0:size, 0:size] + rng.integers(0, 2 * half, 2).reshape(2, 1, 1)
+        grid = ((xx // half + yy // half) % 2) * 2.0 - 1.0
+        img += rng.uniform(3.0, 6.0) * grid[..., None]
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def generate_sample(out: str | Path, *, per_class: int = 800, size: int = 72, seed: int = 42,
+                    force: bool = False) -> SampleResult:
+    """Write `out/{train,val,test}/{real,ai_generated}/img_NNNNN.png`; built in a temp folder, then renamed."""
+    out = Path(out)
+    if size < 16:
+        raise DataError(f"--size {size} is too small", "use at least 16 pixels")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise OutputExistsError(f"{out} already exists and is not empty", "pass --force to replace it")
+    counts = split_counts(per_class)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        makers = (make_real, make_ai)
+        for s_idx, split in enumerate(SPLITS):
+            for label, name in enumerate(CLASS_NAMES):
+                folder = tmp / split / name
+                folder.mkdir(parents=True)
+                for i in range(counts[split]):
+                    rng = np.random.default_rng([seed, s_idx, label, i])
+                    pixels = makers[label](rng, size)
+                    Image.fromarray(pixels).save(folder / f"img_{i:05d}.png", optimize=False, compress_level=6)
+        if out.exists():  # --force: swap in the new tree first, then drop the old one
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return SampleResult(out, {s: dict.fromkeys(CLASS_NAMES, counts[s]) for s in SPLITS},
+                        time.perf_counter() - start)

@@ -1,0 +1,57 @@
+"""Atomic file writes and output-folder guards, so nothing the user had is lost or half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from photo_detector.errors import OutputExistsError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> Path:
+    """Call `writer(tmp_path)` and move the result onto `path` atomically."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    return write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def prepare_output_dir(path: str | os.PathLike[str], *, force: bool = False, resume: bool = False) -> Path:
+    """Create `path`, refusing a non-empty folder unless the caller opted in to reuse it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is not a folder", "choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not (force or resume):
+        raise OutputExistsError(
+            f"output folder {path} is not empty",
+            "pass --resume to continue its run, --force to overwrite it, or choose another --out",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,89 @@
+"""Evaluation preprocessing, torch-free (numpy + Pillow): what the evaluate stage and the service run.
+
+The one definition, in three steps:
+  1. decode to RGB, resize the shorter side to `store_size` (Pillow bilinear, antialiased), center-crop a
+     square: this is also exactly how images enter the training tensor store, so it is shared code;
+  2. resize the square to `resize_size` (Pillow bilinear; skipped when equal);
+  3. center-crop `crop_size`, scale to [0, 1], normalise with mean/std, NCHW float32.
+`photo_detector.data.augment.eval_transform` is the batched torch twin of steps 2-3; a test holds them equal.
+`store_size` is min(resize_size, largest shorter side in the training data): small datasets such as CIFAKE
+(32 px) are stored small and upscaled per batch, so the store stays small.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# Decoding limit: ~16k x 16k pixels; larger is refused before decoding (decompression bombs).
+MAX_IMAGE_PIXELS = 268_435_456
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Everything needed to turn an image file into the model's input; stored in the model's metadata."""
+
+    store_size: int
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(int(d["store_size"]), int(d["resize_size"]), int(d["crop_size"]),
+                   tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
+
+
+def decode_square(source: str | os.PathLike[str] | bytes | Image.Image, size: int) -> np.ndarray:
+    """Step 1: decode, shorter side to `size`, center square. Returns uint8 HWC (size, size, 3)."""
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        img.draft("RGB", (size, size))  # lets JPEG decode at reduced scale when much larger than needed
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        # Resize straight into the square crop box: one resampling pass, no intermediate image.
+        box = (left / scale, top / scale, (left + size) / scale, (top + size) / scale)
+        img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def center_offset(size: int, crop: int) -> int:
+    return (size - crop) // 2
+
+
+def to_model_input(squares: np.ndarray | list[np.ndarray], pp: Preprocess) -> np.ndarray:
+    """Steps 2-3 on a batch of uint8 HWC squares (N, S, S, 3) -> float32 NCHW (N, 3, crop, crop)."""
+    batch = [np.asarray(s) for s in squares]
+    out = np.empty((len(batch), 3, pp.crop_size, pp.crop_size), dtype=np.float32)
+    mean = np.asarray(pp.mean, np.float32).reshape(3, 1, 1)
+    inv_std = (1.0 / np.asarray(pp.std, np.float32)).reshape(3, 1, 1)
+    o = center_offset(pp.resize_size, pp.crop_size)
+    for i, sq in enumerate(batch):
+        if sq.shape[0] != pp.resize_size:
+            sq = np.asarray(Image.fromarray(sq).resize((pp.resize_size, pp.resize_size),
+                                                       Image.Resampling.BILINEAR))
+        crop = sq[o:o + pp.crop_size, o:o + pp.crop_size]
+        out[i] = (crop.transpose(2, 0, 1).astype(np.float32) / 255.0 - mean) * inv_std
+    return out
+
+
+def preprocess_files(sources: list[Any], pp: Preprocess) -> np.ndarray:
+    """Files or bytes -> model input batch, the path serving and the evaluate stage take."""
+    return to_model_input([decode_square(s, pp.store_size) for s in sources], pp)

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny deterministic dataset and a config small enough to train in seconds on 2 cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network: there is none here
+
+from photo_detector.config import Config, load_config
+from photo_detector.data.sample import generate_sample
+
+TINY = {
+    "data.image_size": 32, "data.crop_pct": 0.8, "data.batch_size": 16, "data.num_workers": 2,
+    "model.pretrained": False, "model.hidden_dim": 32,
+    "train.epochs": 2, "train.warmup_epochs": 0, "train.learning_rate": 0.003,
+}
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 images per class, 40 px: train 22, val 4, test 4 per class."""
+    return generate_sample(tmp_path_factory.mktemp("data") / "sample", per_class=30, size=40, seed=7).root
+
+
+def tiny_config(**overrides: object) -> Config:
+    return load_config(None, {**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def trained_dir(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny training run, shared by the evaluate and export tests."""
+    from photo_detector.train import run_train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    run_train(sample_dir, out, tiny_config())
+    return out

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from photo_detector.artifacts import BEST, HISTORY, LAST, METADATA, ONNX
+from photo_detector.errors import OutputExistsError, PhotoDetectorError
+from photo_detector.train import METRIC_COLUMNS, lr_lambda, run_train, select_precision
+
+
+def test_training_writes_the_model_folder(trained_dir: Path) -> None:
+    for name in (BEST, LAST, HISTORY, ONNX, METADATA, "config.yaml"):
+        assert (trained_dir / name).is_file(), name
+    rows = list(csv.DictReader((trained_dir / HISTORY).open()))
+    assert tuple(rows[0]) == METRIC_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    best = torch.load(trained_dir / BEST, weights_only=False)
+    for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "val_accuracy",
+                "best_val_accuracy", "config", "epoch"):
+        assert key in best, key
+    assert best["config"]["data"]["image_size"] == 32
+    meta = json.loads((trained_dir / METADATA).read_text())
+    assert meta["onnx_parity_max_abs_diff"] <= 1e-4
+    assert meta["preprocess"] == {"store_size": 40, "resize_size": 40, "crop_size": 32,
+                                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert meta["class_names"] == ["real", "ai_generated"]
+    assert not list(trained_dir.glob(".*tmp"))  # atomic writes leave nothing behind
+
+
+def test_existing_output_needs_force_or_resume(trained_dir: Path, sample_dir: Path) -> None:
+    before = (trained_dir / BEST).read_bytes()
+    with pytest.raises(OutputExistsError, match="--resume .* --force"):
+        run_train(sample_dir, trained_dir, tiny_config())
+    assert (trained_dir / BEST).read_bytes() == before
+
+
+def test_resume_needs_a_checkpoint_and_the_same_config(tmp_path: Path, sample_dir: Path,
+                                                       trained_dir: Path) -> None:
+    with pytest.raises(PhotoDetectorError, match="last.pt does not exist"):
+        run_train(sample_dir, tmp_path / "fresh", tiny_config(), resume=True)
+    with pytest.raises(PhotoDetectorError, match=r"config differs .*train.learning_rate"):
+        run_train(sample_dir, trained_dir, tiny_config(**{"train.learning_rate": 0.1}), resume=True)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path: Path, sample_dir: Path) -> None:
+    cfg = tiny_config(**{"train.epochs": 3, "train.warmup_epochs": 1})
+    full = run_train(sample_dir, tmp_path / "full", cfg)
+
+    def kill_after_first_epoch(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=kill_after_first_epoch)
+    assert not (tmp_path / "cut" / ONNX).exists()
+    resumed = run_train(sample_dir, tmp_path / "cut", cfg, resume=True)
+
+    def timeless(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert len(full.history) == 3
+    assert timeless(resumed.history) == timeless(full.history)
+    for name in (LAST, BEST):
+        a = torch.load(tmp_path / "full" / name, weights_only=False)["model_state_dict"]
+        b = torch.load(tmp_path / "cut" / name, weights_only=False)["model_state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert timeless(list(csv.DictReader((tmp_path / "cut" / HISTORY).open()))) == timeless(
+        list(csv.DictReader((tmp_path / "full" / HISTORY).open())))
+
+
+def test_early_stopping_and_min_mode(tmp_path: Path, sample_dir: Path) -> None:
+    cfg = tiny_config(**{"train.epochs": 6, "train.early_stopping_patience": 1,
+                         "train.checkpoint_monitor": "val_loss", "train.checkpoint_mode": "min"})
+    res = run_train(sample_dir, tmp_path / "es", cfg)
+    losses = [r["val_loss"] for r in res.history]
+    # Patience 1: the run ends at the first epoch whose val_loss is not below every earlier one.
+    first_miss = next(i for i in range(1, len(losses)) if losses[i] >= min(losses[:i])) + 1
+    assert res.stopped_early and res.epochs_run == first_miss < 6
+    assert res.best_epoch == int(np.argmin(losses)) + 1
+    assert torch.load(tmp_path / "es" / BEST, weights_only=False)["epoch"] == res.best_epoch
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    cfg = tiny_config(**{"train.epochs": 4, "train.warmup_epochs": 1})
+    f = [lr_lambda(s, steps_per_epoch=10, cfg=cfg) for s in range(40)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[10:])) and f[-1] < 0.01
+    const = tiny_config(**{"train.epochs": 4, "train.warmup_epochs": 1, "train.scheduler": "constant"})
+    assert lr_lambda(35, steps_per_epoch=10, cfg=const) == 1.0
+
+
+def test_precision_choice() -> None:
+    cpu = torch.device("cpu")
+    assert select_precision("fp32", cpu) is None
+    assert select_precision("bf16", cpu) is torch.bfloat16
+    assert select_precision("fp16", torch.device("cuda")) is torch.float16
+    with pytest.raises(PhotoDetectorError, match="fp16, which needs CUDA"):
+        select_precision("fp16", cpu)
+
+
+def test_gradient_clipping_is_applied(tmp_path: Path, sample_dir: Path) -> None:
+    """A tiny clip norm with a huge learning rate keeps weights close; without clipping they move far."""
+    def drift(clip: float, out: str) -> float:
+        cfg = tiny_config(**{"train.epochs": 1, "train.learning_rate": 0.05, "train.grad_clip_norm": clip,
+                             "train.weight_decay": 0.0})
+        torch.manual_seed(0)
+        run_train(sample_dir, tmp_path / out, cfg)
+        ckpt = torch.load(tmp_path / out / LAST, weights_only=False)["model_state_dict"]
+        return float(np.abs(ckpt["head.4.weight"].numpy()).max())
+    assert drift(1e-6, "clipped") < drift(0.0, "free")
+
+
+def test_divergence_is_a_clear_error(tmp_path: Path, sample_dir: Path) -> None:
+    cfg = tiny_config(**{"train.epochs": 2, "train.learning_rate": 10.0, "train.grad_clip_norm": 0.0})
+    with pytest.raises(PhotoDetectorError, match=r"training diverged.*lower train.learning_rate"):
+        run_train(sample_dir, tmp_path / "nan", cfg)
