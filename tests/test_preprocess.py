@@ -127,3 +127,12 @@ def test_rotation_and_random_crop_vary_per_sample_and_are_seeded() -> None:
 def test_channels_last_output() -> None:
     out = _aug(AugmentationConfig(), Preprocess(40, 40, 32))(_batch(), channels_last=True)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_upscaling_store_uses_bilinear_like_the_eval_path() -> None:
+    """Small stores (CIFAKE) are upscaled bilinearly in training too, so train and eval see alike pixels."""
+    pp = Preprocess(20, 40, 32)
+    x = _batch(size=20)
+    got = _aug(NO_AUG, pp)(x).numpy()
+    want = eval_transform(x, pp).numpy()
+    assert np.max(np.abs(got - want)) <= RESAMPLE_TOL

@@ -56,6 +56,7 @@ class BatchAugment:
         self._gray = torch.tensor(_GRAY, device=dev)
         self._yiq = torch.tensor(_RGB2YIQ, device=dev)
         self._yiq_inv = torch.linalg.inv(self._yiq)
+        # geometry maps output crop coords to the source in affine_grid's [-1, 1] units
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=self.gen, device=self.gen.device) * (hi - lo) + lo
@@ -75,33 +76,73 @@ class BatchAugment:
         return torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                             torch.stack([sin * flip, cos, ty], 1)], 1)
 
-    def _colour(self, x: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast, saturation, hue (in that order) as one per-sample affine colour map."""
+    def _coords(self, theta: torch.Tensor, src: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source pixel coordinates (n, S, S) of each output pixel centre (affine_grid semantics, cheaper)."""
+        s = self.pp.crop_size
+        u = (torch.arange(s, device=theta.device, dtype=torch.float32) * 2 + 1) / s - 1
+        half = src / 2
+        a = theta * half  # normalised [-1, 1] -> pixel units
+        px = a[:, 0, 0, None, None] * u + (a[:, 0, 1, None, None] * u[:, None] + (a[:, 0, 2] + half - 0.5)[:, None, None])
+        py = a[:, 1, 0, None, None] * u + (a[:, 1, 1, None, None] * u[:, None] + (a[:, 1, 2] + half - 0.5)[:, None, None])
+        return px, py
+
+    def _nearest(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Gather uint8 pixels at the rounded coordinates (edges replicated): (n, S*S, 3) uint8."""
+        n, src = x.shape[0], x.shape[-1]
+        px, py = self._coords(theta, src)
+        ix = px.add_(0.4999).floor_().clamp_(0, src - 1).to(torch.int64)
+        iy = py.add_(0.4999).floor_().clamp_(0, src - 1).to(torch.int64)
+        base = torch.arange(n, device=x.device).view(n, 1, 1) * (src * src)
+        flat = (iy.mul_(src).add_(ix).add_(base)).view(-1)
+        pixels = x.permute(0, 2, 3, 1).reshape(n * src * src, 3)
+        return pixels.index_select(0, flat).view(n, -1, 3)
+
+    def _bilinear(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Bilinear resampling for stores smaller than the resize size (upscaling): (n, S*S, 3) float 0-255."""
+        n, s = x.shape[0], self.pp.crop_size
+        grid = F.affine_grid(theta, [n, 3, s, s], align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out.permute(0, 2, 3, 1).reshape(n, s * s, 3)
+
+    def _colour_normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Brightness, contrast, saturation, hue (in that order), the 1/255 scale and mean/std normalisation,
+        folded into one per-sample affine map on (n, P, 3) pixels in 0-255, then clamped to the valid range."""
         cj = self.cfg.color_jitter
-        n = x.shape[0]
+        n, dev = x.shape[0], x.device
         b = self._uniform(n, 1 - cj.brightness, 1 + cj.brightness)
         c = self._uniform(n, 1 - cj.contrast, 1 + cj.contrast)
         s = self._uniform(n, 1 - cj.saturation, 1 + cj.saturation)
         h = self._uniform(n, -cj.hue, cj.hue) * (2 * math.pi)
-        eye = torch.eye(3, device=x.device)
-        sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * torch.ones(3, 1, device=x.device) * self._gray
-        rot = torch.zeros(n, 3, 3, device=x.device)
+        eye = torch.eye(3, device=dev)
+        sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * torch.ones(3, 1, device=dev) * self._gray
+        rot = torch.zeros(n, 3, 3, device=dev)
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2] = torch.cos(h), -torch.sin(h)
         rot[:, 2, 1], rot[:, 2, 2] = torch.sin(h), torch.cos(h)
         hue = self._yiq_inv @ rot @ self._yiq
-        k = (c * b).view(n, 1, 1) * (hue @ sat)
-        gray_mean = torch.einsum("c,nchw->n", self._gray, x) / (x.shape[-1] * x.shape[-2])
-        bias = ((1 - c) * b * gray_mean).view(n, 1, 1, 1)
-        return (torch.einsum("nij,njhw->nihw", k, x) + bias).clamp_(0.0, 1.0)
+        mean = torch.tensor(self.pp.mean, device=dev)
+        std = torch.tensor(self.pp.std, device=dev)
+        # colour in [0, 1]: y = c*b*(hue@sat) x/255 + (1-c)*b*gray_mean; the grey vector is fixed by hue@sat.
+        k = (c * b / 255.0).view(n, 1, 1) * (hue @ sat)
+        gray_mean = x.mean(dim=1) @ self._gray / 255.0
+        bias = ((1 - c) * b * gray_mean).view(n, 1, 1)
+        k = k / std.view(1, 3, 1)
+        bias = (bias - mean) / std  # (n, 1, 3)
+        out = torch.baddbmm(bias, x, k.transpose(1, 2))
+        return out.clamp_(min=(-mean / std), max=((1 - mean) / std))
 
     def __call__(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        """uint8 NCHW (N, 3, S, S) -> augmented, normalised float (N, 3, crop, crop)."""
-        n = x.shape[0]
-        xf = x.float().div_(255.0)
-        grid = F.affine_grid(self._geometry(n), [n, 3, self.pp.crop_size, self.pp.crop_size],
-                             align_corners=False)
-        xf = F.grid_sample(xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        xf = self._colour(xf)
-        out = _normalize(xf, self.pp)
-        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        """uint8 NCHW (N, 3, T, T) -> augmented, normalised float (N, 3, crop, crop).
+
+        At 1:1 scale (store already at resize size) the crop/flip/rotation gather uses nearest pixels, as
+        torchvision's RandomRotation does by default, straight from uint8; when the store must be upscaled
+        (small images such as CIFAKE's) it resamples bilinearly, as the eval path does.
+        """
+        n, s = x.shape[0], self.pp.crop_size
+        theta = self._geometry(n)
+        if x.shape[-1] == self.pp.resize_size:
+            pixels = self._nearest(x, theta).float()
+        else:
+            pixels = self._bilinear(x, theta)
+        out = self._colour_normalise(pixels).view(n, s, s, 3).permute(0, 3, 1, 2)
+        return out if channels_last else out.contiguous()
