@@ -82,8 +82,9 @@ class BatchAugment:
         u = (torch.arange(s, device=theta.device, dtype=torch.float32) * 2 + 1) / s - 1
         half = src / 2
         a = theta * half  # normalised [-1, 1] -> pixel units
-        px = a[:, 0, 0, None, None] * u + (a[:, 0, 1, None, None] * u[:, None] + (a[:, 0, 2] + half - 0.5)[:, None, None])
-        py = a[:, 1, 0, None, None] * u + (a[:, 1, 1, None, None] * u[:, None] + (a[:, 1, 2] + half - 0.5)[:, None, None])
+        shift = (a[:, :, 2] + half - 0.5)[:, :, None, None]  # (n, 2, 1, 1)
+        px = a[:, 0, 0, None, None] * u + (a[:, 0, 1, None, None] * u[:, None] + shift[:, 0])
+        py = a[:, 1, 0, None, None] * u + (a[:, 1, 1, None, None] * u[:, None] + shift[:, 1])
         return px, py
 
     def _nearest(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -140,9 +141,7 @@ class BatchAugment:
         """
         n, s = x.shape[0], self.pp.crop_size
         theta = self._geometry(n)
-        if x.shape[-1] == self.pp.resize_size:
-            pixels = self._nearest(x, theta).float()
-        else:
-            pixels = self._bilinear(x, theta)
+        at_scale = x.shape[-1] == self.pp.resize_size
+        pixels = self._nearest(x, theta).float() if at_scale else self._bilinear(x, theta)
         out = self._colour_normalise(pixels).view(n, s, s, 3).permute(0, 3, 1, 2)
         return out if channels_last else out.contiguous()
