@@ -180,9 +180,8 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, data_dir: Path, out_dir: Path) -> None:
+    def __init__(self, cfg: Config, data_dir: Path) -> None:
         self.cfg = cfg
-        self.out = out_dir
         self.device = select_device(cfg.train.device)
         self.autocast_dtype = select_precision(cfg.train.precision, self.device)
         self.channels_last = cfg.train.channels_last
@@ -344,7 +343,7 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    trainer = _Trainer(cfg, data_dir, out)
+    trainer = _Trainer(cfg, data_dir)
     trainer.build(load_pretrained=ckpt is None and cfg.model.pretrained)
     write_text_atomic(out / CONFIG, cfg.to_yaml())
 
