@@ -1,9 +1,9 @@
 """Batched augmentation and eval preprocessing on the training device.
 
 Why batched: per-image PIL transforms in DataLoader workers cost milliseconds per image on the CPU; here a
-whole batch goes through one `grid_sample` (crop + flip + rotation + resize in a single resampling) and one
-per-sample 3x3 colour matrix (brightness, contrast, saturation and hue folded together), on the GPU when
-there is one.
+whole batch goes through one resampling (crop + flip + rotation + resize as a single affine map: a nearest
+uint8 gather at 1:1 scale, bilinear when upscaling) and one per-sample affine colour map (brightness,
+contrast, saturation, hue and normalisation folded together), on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ class BatchAugment:
         self._gray = torch.tensor(_GRAY, device=dev)
         self._yiq = torch.tensor(_RGB2YIQ, device=dev)
         self._yiq_inv = torch.linalg.inv(self._yiq)
-        # geometry maps output crop coords to the source in affine_grid's [-1, 1] units
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=self.gen, device=self.gen.device) * (hi - lo) + lo
