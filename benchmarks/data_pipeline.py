@@ -43,7 +43,7 @@ class PILFolder(Dataset):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--per-class", type=int, default=300)
-    ap.add_argument("--source-size", type=int, default=256, help="side of the generated JPEG-like files")
+    ap.add_argument("--source-size", type=int, default=256, help="side of the generated source files")
     ap.add_argument("--format", choices=["png", "jpeg"], default="png")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()

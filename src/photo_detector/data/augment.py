@@ -56,6 +56,8 @@ class BatchAugment:
         self._gray = torch.tensor(_GRAY, device=dev)
         self._yiq = torch.tensor(_RGB2YIQ, device=dev)
         self._yiq_inv = torch.linalg.inv(self._yiq)
+        self._mean = torch.tensor(pp.mean, device=dev)
+        self._std = torch.tensor(pp.std, device=dev)
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=self.gen, device=self.gen.device) * (hi - lo) + lo
@@ -120,8 +122,7 @@ class BatchAugment:
         rot[:, 1, 1], rot[:, 1, 2] = torch.cos(h), -torch.sin(h)
         rot[:, 2, 1], rot[:, 2, 2] = torch.sin(h), torch.cos(h)
         hue = self._yiq_inv @ rot @ self._yiq
-        mean = torch.tensor(self.pp.mean, device=dev)
-        std = torch.tensor(self.pp.std, device=dev)
+        mean, std = self._mean, self._std
         # colour in [0, 1]: y = c*b*(hue@sat) x/255 + (1-c)*b*gray_mean; the grey vector is fixed by hue@sat.
         k = (c * b / 255.0).view(n, 1, 1) * (hue @ sat)
         gray_mean = x.mean(dim=1) @ self._gray / 255.0
