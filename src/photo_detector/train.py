@@ -25,6 +25,7 @@ from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, METADATA, ONNX
 from photo_detector.config import Config, from_dict
 from photo_detector.data.augment import BatchAugment, eval_transform, uint8_nchw
 from photo_detector.data.layout import discover_split
+from photo_detector.data.packed import dataset_digest, is_packed, read_manifest, read_packed
 from photo_detector.data.store import ImageStore, load_store, store_size_for
 from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_onnx
@@ -179,6 +180,27 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 # The loop
 
 
+def _load_data(data_dir: Path, cfg: Config) -> tuple[ImageStore, ImageStore, int, str]:
+    """Train/val stores, their square size and the dataset's content digest, from a packed folder (written
+    by verify-data: no decoding) or from image folders (decoded here)."""
+    resize = cfg.data.resize_size
+    if is_packed(data_dir):
+        manifest = read_manifest(data_dir)
+        if manifest["resize_size"] != resize:
+            raise DataError(f"packed dataset {data_dir} was made for resize size {manifest['resize_size']} "
+                            f"(image_size {manifest.get('image_size')}), this config needs {resize}",
+                            "run verify-data with the same data.image_size and data.crop_pct as training")
+        log.info("reading packed dataset %s (digest %s)", data_dir, manifest["digest"])
+        return (read_packed(data_dir, "train"), read_packed(data_dir, "val"), int(manifest["store_size"]),
+                manifest["digest"])
+    splits = {s: discover_split(data_dir, s) for s in ("train", "val")}
+    if (data_dir / "test").is_dir():
+        splits["test"] = discover_split(data_dir, "test")
+    size = store_size_for(splits["train"], resize)
+    return (load_store(splits["train"], size, cfg.data.num_workers),
+            load_store(splits["val"], size, cfg.data.num_workers), size, dataset_digest(data_dir, splits))
+
+
 class _Trainer:
     def __init__(self, cfg: Config, data_dir: Path) -> None:
         self.cfg = cfg
@@ -186,16 +208,12 @@ class _Trainer:
         self.autocast_dtype = select_precision(cfg.train.precision, self.device)
         self.channels_last = cfg.train.channels_last
 
-        train_files = discover_split(data_dir, "train")
-        val_files = discover_split(data_dir, "val")
-        if len(train_files) < 2:
-            raise DataError(f"{data_dir / 'train'} has {len(train_files)} image(s)",
+        self.train_store, self.val_store, store_size, self.data_digest = _load_data(data_dir, cfg)
+        if len(self.train_store) < 2:
+            raise DataError(f"{data_dir / 'train'} has {len(self.train_store)} image(s)",
                             "BatchNorm needs at least 2 training images")
-        resize = cfg.data.resize_size
-        self.pp = Preprocess(store_size_for(train_files, resize), resize, cfg.data.image_size,
+        self.pp = Preprocess(store_size, cfg.data.resize_size, cfg.data.image_size,
                              tuple(cfg.data.mean), tuple(cfg.data.std))  # type: ignore[arg-type]
-        self.train_store = load_store(train_files, self.pp.store_size, cfg.data.num_workers)
-        self.val_store = load_store(val_files, self.pp.store_size, cfg.data.num_workers)
         self.train_x = self._to_device(self.train_store)
         self.val_x = self._to_device(self.val_store)
         self.train_y = torch.from_numpy(self.train_store.labels).float()
@@ -209,7 +227,8 @@ class _Trainer:
 
     def _to_device(self, store: ImageStore) -> torch.Tensor:
         """The uint8 store as NCHW; kept on the GPU when it fits comfortably (CIFAKE 32 px: ~300 MB)."""
-        x = uint8_nchw(torch.from_numpy(store.images))
+        images = store.images if store.images.flags.writeable else np.array(store.images)  # memory-mapped
+        x = uint8_nchw(torch.from_numpy(images))
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if store.images.nbytes < free // 4:
@@ -418,6 +437,7 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
         "onnx_parity_max_abs_diff": exported.max_abs_diff,
         "train_images": len(trainer.train_store),
         "val_images": len(trainer.val_store),
+        "data_digest": trainer.data_digest,
         "photo_detector_version": __version__,
         "torch_version": torch.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
