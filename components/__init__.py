@@ -1,1 +1,1 @@
-"""KFP components (filled by the pipeline issue)."""
+"""KFP components, one module per stage; each body adapts artifacts and calls `photo_detector.stages`."""

@@ -1,1 +1,1 @@
-"""KFP pipelines (filled by the pipeline issue)."""
+"""KFP pipelines built from `photo_detector.components`."""

@@ -9,7 +9,8 @@ import yaml
 from photo_detector.config import Config, leaf_keys, load_config, profile_names
 from photo_detector.errors import ConfigError
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "photo_detector"
+ROOT = Path(__file__).resolve().parents[1]
+CODE_DIRS = (ROOT / "src" / "photo_detector", ROOT / "components", ROOT / "pipelines")
 
 
 def test_defaults_are_the_training_guide() -> None:
@@ -92,7 +93,7 @@ def test_every_key_is_read_by_the_code(key: str) -> None:
     """A key nobody reads is a lie in the config: each must be accessed as an attribute somewhere."""
     _, _, name = key.rpartition(".")
     pattern = re.compile(rf"\.{re.escape(name)}\b")
-    users = [p for p in SRC.rglob("*.py") if pattern.search(p.read_text())]
+    users = [p for d in CODE_DIRS for p in d.rglob("*.py") if pattern.search(p.read_text())]
     assert users, f"config key {key} is never read"
 
 

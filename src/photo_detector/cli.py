@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from photo_detector import __version__
-from photo_detector.errors import PhotoDetectorError
+from photo_detector.errors import DataError, PhotoDetectorError
+from photo_detector.io import prepare_output_dir
 
 log = logging.getLogger("photo_detector")
 
@@ -91,6 +94,113 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if d.passed else 1
 
 
+def cmd_verify_data(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from photo_detector.verify import run_verify
+
+    cfg = _config(args, {"data.image_size": args.image_size})
+    with contextlib.ExitStack() as stack:
+        out = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="verify-")))
+        if args.out is not None:
+            prepare_output_dir(args.out, force=args.force)
+        try:
+            res = run_verify(args.data, out, cfg)
+            failed = None
+        except DataError as exc:
+            failed = exc
+            report = json.loads((out / "verify_report.json").read_text()) if (out / "verify_report.json").exists() \
+                else None
+            if report is None:
+                raise
+        if args.json:
+            print(json.dumps(report if failed else res.to_dict(), indent=2))
+        elif failed:
+            print((out / "verify_report.md").read_text(), end="")
+        else:
+            print(res.markdown(), end="")
+    if failed:
+        return 2
+    return 1 if args.strict and res.warnings else 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from photo_detector.gate import run_gate
+
+    def read(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PhotoDetectorError(f"cannot read metrics file {path}: {exc}",
+                                     "pass the eval.json written by `photo-detector evaluate --out`") from None
+        return data.get("metrics", data) if isinstance(data, dict) else {}
+
+    cfg = _config(args, {"gate.min_accuracy": args.min_accuracy, "gate.min_f1": args.min_f1})
+    decision = run_gate(read(args.metrics), cfg.gate, read(args.champion) if args.champion else None)
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+    else:
+        print(f"{'PASSED' if decision.passed else 'FAILED'} ({decision.rule})")
+        for c in decision.checks:
+            print(f"  {'pass' if c.passed else 'FAIL'}  {c.name}: {c.reason}")
+    return 0 if decision.passed else 1
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.run_service import run_deploy
+
+    cfg = _config(args, {"deploy.service_name": args.service, "deploy.region": args.region,
+                         "deploy.project": args.project})
+    plan = args.plan or Path(tempfile_name("deploy-plan", ".json"))
+    res = run_deploy(args.model, str(args.model.resolve()), cfg, dry_run=args.dry_run, plan_path=plan)
+    print(Path(plan).read_text(), end="")
+    print(f"dry run: {res.service} would serve model {res.model_version}; plan in {plan}", file=sys.stderr)
+    return 0
+
+
+def tempfile_name(prefix: str, suffix: str) -> str:
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    os.close(fd)
+    return name
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from photo_detector.pipelines.compile import compile_pipeline
+
+    cfg = _config(args, {"images.registry": args.registry, "images.tag": args.image_tag})
+    path = compile_pipeline(cfg, args.output)
+    print(f"compiled {cfg.pipeline.name} with images {cfg.images.registry}/<stage>:{cfg.images.tag} to {path}")
+    return 0
+
+
+def cmd_run_local(args: argparse.Namespace) -> int:
+    from photo_detector.pipelines.local_run import run_local
+
+    cfg = _config(args, {"train.epochs": args.epochs})
+    res = run_local(cfg, out=args.out, data=args.data, per_class=args.per_class)
+    print(f"\nrun folder: {res.run_dir}  ({res.wall_seconds:.1f}s; kfp overhead "
+          f"{res.kfp_overhead_per_task:.2f}s per task over {len(res.stages)} tasks)")
+    for record in res.stages:
+        summary = record.get("summary") or {}
+        details = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+        print(f"  {record['stage']:<13} {record['status']:<9} {record['seconds']:6.1f}s  {details}")
+    if not res.succeeded:
+        log_path = res.task_logs.get(res.failed_task or "")
+        print(f"\ntask {res.failed_task} FAILED: {res.error}", file=sys.stderr)
+        print(f"its log: {log_path or res.run_dir / 'logs'}", file=sys.stderr)
+        return 1
+    gate = res.stage("quality-gate")
+    passed = bool(gate and gate["summary"]["passed"])
+    print(f"\ngate {'PASSED' if passed else 'FAILED'}: " + "; ".join(gate["summary"]["checks"] if gate else []))
+    if res.stage("deploy"):
+        print(f"deploy (dry run): plan in {res.stage('deploy')['summary']['plan']}")
+    else:
+        print("deploy skipped (gate failed or auto_deploy false)")
+    return 0 if passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photo-detector", description=__doc__)
     parser.add_argument("--version", action="version", version=f"photo-detector {__version__}")
@@ -133,6 +243,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="dataset folder (default: generate the sample dataset)")
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("verify-data", help="check a dataset folder and pack it for training (the first stage)")
+    _add_config_args(p)
+    p.add_argument("data", type=Path, help="dataset folder with train|val|test/{real,ai_generated}")
+    p.add_argument("--out", type=Path, help="write the packed dataset and reports here (default: a temp folder)")
+    p.add_argument("--image-size", type=int, help="data.image_size (decides the packed size)")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.add_argument("--strict", action="store_true", help="exit 1 when there are warnings")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
+    p.set_defaults(func=cmd_verify_data)
+
+    p = sub.add_parser("gate", help="decide pass/fail on an eval.json (the quality-gate stage)")
+    _add_config_args(p)
+    p.add_argument("--metrics", type=Path, required=True, help="eval.json of the candidate")
+    p.add_argument("--champion", type=Path, help="eval.json of the model in production, if any")
+    p.add_argument("--min-accuracy", type=float, help="gate.min_accuracy")
+    p.add_argument("--min-f1", type=float, help="gate.min_f1")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("deploy", help="the Cloud Run service for a model (the deploy stage)")
+    _add_config_args(p)
+    p.add_argument("--model", type=Path, required=True, help="a train --out folder")
+    p.add_argument("--service", help="deploy.service_name")
+    p.add_argument("--region", help="deploy.region")
+    p.add_argument("--project", help="deploy.project")
+    p.add_argument("--dry-run", action="store_true", help="print the service that would be applied")
+    p.add_argument("--plan", type=Path, help="write the plan JSON here")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("compile", help="compile the KFP pipeline spec Vertex AI runs")
+    _add_config_args(p)
+    p.add_argument("--output", type=Path, default=Path("compiled/training_pipeline.yaml"))
+    p.add_argument("--registry", help="images.registry: where the stage images live")
+    p.add_argument("--image-tag", help="images.tag: e.g. the commit the images were built from")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run-local", help="run the whole KFP pipeline locally (kfp local, no cloud)")
+    _add_config_args(p)
+    p.set_defaults(config="sample")
+    p.add_argument("--data", type=Path, help="dataset folder (default: generate the sample dataset)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the timestamped run folder")
+    p.add_argument("--per-class", type=int, default=800, help="sample images per class when generating")
+    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.set_defaults(func=cmd_run_local)
 
     p = sub.add_parser("evaluate", help="score an exported model on a split's image files")
     p.add_argument("--model", type=Path, required=True, help="a train --out folder (model.onnx + model.json)")

@@ -111,6 +111,39 @@ class ExportConfig:
 
 
 @dataclass
+class ImagesConfig:
+    registry: str = _f("us-central1-docker.pkg.dev/photo-detector-prod/photo-detector")
+    tag: str = _f("0.1.0")
+
+
+@dataclass
+class PipelineConfig:
+    name: str = _f("photo-detector-training")
+    data_uri: str = _f("gs://photo-detector-data/cifake")
+    train_accelerator: str = _f("NVIDIA_TESLA_T4")
+    train_accelerator_count: int = _f(1, lo=0, hi=16)
+    train_cpu: str = _f("4")
+    train_memory: str = _f("15G")
+    retries: int = _f(2, lo=0, hi=10)
+
+
+@dataclass
+class DeployConfig:
+    service_name: str = _f("photo-detector")
+    project: str = _f("")
+    region: str = _f("us-central1")
+    cpu: str = _f("1")
+    memory: str = _f("1Gi")
+    min_instances: int = _f(0, lo=0, hi=1000)
+    max_instances: int = _f(3, lo=1, hi=1000)
+    concurrency: int = _f(8, lo=1, hi=1000)
+    timeout_seconds: int = _f(30, lo=1, hi=3600)
+    api_keys_secret: str = _f("photo-detector-api-keys")
+    auto_deploy: bool = _f(True)
+    dry_run: bool = _f(True)
+
+
+@dataclass
 class Config:
     seed: int = _f(42, lo=0, hi=2**32 - 1)
     data: DataConfig = field(default_factory=DataConfig)
@@ -120,6 +153,9 @@ class Config:
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -326,5 +362,12 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.warmup_epochs > 0:
         raise ConfigError(f"config key 'train.warmup_epochs' ({cfg.train.warmup_epochs}) must be smaller than "
                           f"'train.epochs' ({cfg.train.epochs})", "lower warmup_epochs or raise epochs")
+    if cfg.deploy.min_instances > cfg.deploy.max_instances:
+        raise ConfigError("config key 'deploy.min_instances' must be <= 'deploy.max_instances'",
+                          f"got {cfg.deploy.min_instances} > {cfg.deploy.max_instances}")
+    for key in ("images.registry", "images.tag", "pipeline.name", "pipeline.data_uri", "deploy.service_name",
+                "deploy.region"):
+        if not str(cfg.get(key)).strip():
+            raise ConfigError(f"config key '{key}' is empty", "set it to a non-empty value")
     if cfg.model.pretrained and cfg.model.weights is not None and not cfg.model.weights.strip():
         raise ConfigError("config key 'model.weights' is empty", "use null for the hub default or a path")

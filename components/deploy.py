@@ -1,0 +1,21 @@
+"""deploy: the Cloud Run service for the gated model (a dry run writes the exact service it would apply)."""
+
+from kfp.dsl import Artifact, Input, Model, Output
+from photo_detector.components._factory import stage_component
+
+
+@stage_component("deploy")
+def deploy(
+    model: Input[Model],
+    deployment: Output[Artifact],
+    service_name: str,
+    region: str,
+    project: str,
+    dry_run: bool,
+    config_overrides: dict,
+):
+    """Runs only under the gate's dsl.If; `deployment` records the service, model version and plan."""
+    from photo_detector import stages
+
+    stages.deploy(model, deployment, dry_run=dry_run, config_overrides=config_overrides,
+                  service_name=service_name, region=region, project=project)

@@ -1,0 +1,87 @@
+"""The training DAG: import data -> verify-data -> train (T4) -> evaluate -> quality-gate -> [deploy].
+
+Parameters carry the config's names and defaults (`photo_detector.stages.PIPELINE_PARAMETERS`); any other
+config key can be set through `config_overrides` ({"train.warmup_epochs": 1}). `build_pipeline(cfg)` binds a
+config (images, resources, defaults); `training_pipeline` is the one built from the packaged defaults.
+"""
+
+from typing import Any
+
+from kfp import dsl
+from photo_detector.components._factory import rebuild
+from photo_detector.components.deploy import deploy
+from photo_detector.components.evaluate import evaluate
+from photo_detector.components.quality_gate import quality_gate
+from photo_detector.components.train import train
+from photo_detector.components.verify_data import verify_data
+
+from photo_detector.config import Config, load_config
+
+DESCRIPTION = ("Detector of AI-generated product photos: verify the data, train EfficientNet-B0 on a T4, "
+               "evaluate the exported ONNX model, gate on accuracy/F1, deploy to Cloud Run.")
+
+
+def build_pipeline(cfg: Config | None = None) -> Any:
+    """The pipeline bound to `cfg`: its images, the train task's resources and every parameter default."""
+    cfg = cfg or load_config()
+    verify_op, train_op, evaluate_op, gate_op, deploy_op = (
+        rebuild(c, cfg) for c in (verify_data, train, evaluate, quality_gate, deploy))
+    p, d = cfg.pipeline, cfg.deploy
+
+    @dsl.pipeline(name=p.name, description=DESCRIPTION)
+    def training_pipeline(
+        data_uri: str = p.data_uri,
+        seed: int = cfg.seed,
+        image_size: int = cfg.data.image_size,
+        batch_size: int = cfg.data.batch_size,
+        epochs: int = cfg.train.epochs,
+        learning_rate: float = cfg.train.learning_rate,
+        weight_decay: float = cfg.train.weight_decay,
+        freeze_backbone: bool = cfg.model.freeze_backbone,
+        classification_threshold: float = cfg.thresholds.classification,
+        min_accuracy: float = cfg.gate.min_accuracy,
+        min_f1: float = cfg.gate.min_f1,
+        champion_metrics: dict = {},  # noqa: B006 - kfp parameter default, never mutated
+        eval_split: str = "test",
+        auto_deploy: bool = d.auto_deploy,
+        deploy_dry_run: bool = d.dry_run,
+        service_name: str = d.service_name,
+        region: str = d.region,
+        project: str = d.project,
+        config_overrides: dict = {},  # noqa: B006 - kfp parameter default, never mutated
+    ) -> None:
+        data = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
+        data.set_display_name("import dataset")
+
+        verified = verify_op(dataset=data.output, image_size=image_size, config_overrides=config_overrides)
+        # Never cached: it is what notices new content behind an unchanged URI; cheap next to training.
+        verified.set_display_name("verify data").set_caching_options(False).set_retry(p.retries)
+
+        trained = train_op(
+            verified=verified.outputs["verified"], data_digest=verified.outputs["digest"], seed=seed,
+            image_size=image_size, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+            weight_decay=weight_decay, freeze_backbone=freeze_backbone,
+            classification_threshold=classification_threshold, config_overrides=config_overrides)
+        trained.set_display_name("train")
+        trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(p.train_accelerator_count)
+        trained.set_cpu_limit(p.train_cpu).set_memory_limit(p.train_memory)
+
+        evaluated = evaluate_op(model=trained.outputs["model"], dataset=data.output, split=eval_split)
+        evaluated.set_display_name("evaluate").set_retry(p.retries)
+
+        gate = gate_op(metrics=evaluated.outputs["metrics"], min_accuracy=min_accuracy, min_f1=min_f1,
+                       champion_metrics=champion_metrics)
+        gate.set_display_name("quality gate").set_retry(p.retries)
+
+        # Deploy only when the gate passed and the run asks for it (both conditions show in the console).
+        with dsl.If(gate.outputs["Output"] == True, name="gate-passed"), \
+                dsl.If(auto_deploy == True, name="auto-deploy"):  # noqa: E712 - kfp conditions, not Python bools
+            deployed = deploy_op(model=trained.outputs["model"], service_name=service_name, region=region,
+                                 project=project, dry_run=deploy_dry_run, config_overrides=config_overrides)
+            # Never cached: a cache hit would report a rollout that did not happen.
+            deployed.set_display_name("deploy to Cloud Run").set_caching_options(False)
+
+    return training_pipeline
+
+
+training_pipeline = build_pipeline()

@@ -1,0 +1,115 @@
+"""The Cloud Run service the deploy stage applies: built from the one config and the model artifact.
+
+The service runs the `serve` image with the model's URI in its environment; API keys come from a Secret
+Manager secret (hashed values), never from the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from photo_detector.artifacts import read_metadata
+from photo_detector.config import Config
+from photo_detector.errors import PhotoDetectorError
+from photo_detector.io import write_json_atomic
+
+SERVICE_PORT = 8080
+HEALTH_PATH = "/health"
+
+
+def image_uri(cfg: Config, stage: str) -> str:
+    """`{registry}/{stage}:{tag}`: one image per stage, all tagged alike by a build."""
+    return f"{cfg.images.registry.rstrip('/')}/{stage}:{cfg.images.tag}"
+
+
+def model_version(model_dir: str | Path) -> str:
+    """Content-derived version: the same exported model always gets the same version (no duplicate rollouts)."""
+    meta = read_metadata(model_dir)
+    h = hashlib.sha256((Path(model_dir) / meta["model_file"]).read_bytes())
+    return "m-" + h.hexdigest()[:12]
+
+
+def resolve_project(project: str) -> str:
+    """An explicit project, else the one the pipeline or CLI runs in (Vertex sets CLOUD_ML_PROJECT_ID)."""
+    for value in (project, os.environ.get("CLOUD_ML_PROJECT_ID"), os.environ.get("GOOGLE_CLOUD_PROJECT")):
+        if value:
+            return value
+    raise PhotoDetectorError("no Google Cloud project for the deploy stage",
+                             "set the pipeline parameter project / config key deploy.project, "
+                             "or GOOGLE_CLOUD_PROJECT")
+
+
+def service_name(cfg: Config, project: str) -> str:
+    return f"projects/{project}/locations/{cfg.deploy.region}/services/{cfg.deploy.service_name}"
+
+
+def service_body(cfg: Config, *, model_uri: str, version: str, project: str) -> dict[str, Any]:
+    """The run_v2 Service as its REST JSON; validated by parsing it into the official proto type."""
+    d = cfg.deploy
+    body = {
+        "labels": {"app": "photo-detector", "model-version": version},
+        "template": {
+            "labels": {"model-version": version},
+            "scaling": {"minInstanceCount": d.min_instances, "maxInstanceCount": d.max_instances},
+            "maxInstanceRequestConcurrency": d.concurrency,
+            "timeout": f"{d.timeout_seconds}s",
+            "containers": [{
+                "image": image_uri(cfg, "serve"),
+                "args": ["--model", model_uri],
+                "ports": [{"containerPort": SERVICE_PORT}],
+                "env": [
+                    {"name": "PHOTO_DETECTOR_MODEL_URI", "value": model_uri},
+                    {"name": "PHOTO_DETECTOR_MODEL_VERSION", "value": version},
+                    {"name": "PHOTO_DETECTOR_API_KEY_HASHES",
+                     "valueSource": {"secretKeyRef": {"secret": d.api_keys_secret, "version": "latest"}}},
+                ],
+                "resources": {"limits": {"cpu": d.cpu, "memory": d.memory}, "cpuIdle": True},
+                "startupProbe": {"httpGet": {"path": HEALTH_PATH, "port": SERVICE_PORT},
+                                 "periodSeconds": 2, "failureThreshold": 30},
+            }],
+        },
+    }
+    _validate(body)
+    return body
+
+
+def _validate(body: dict[str, Any]) -> None:
+    try:
+        from google.cloud import run_v2
+    except ImportError:  # pragma: no cover - the deploy image always has it
+        return
+    run_v2.Service.from_json(json.dumps(body), ignore_unknown_fields=False)
+
+
+@dataclass
+class DeployResult:
+    service: str
+    model_version: str
+    dry_run: bool
+    plan_path: Path | None
+    url: str | None = None
+
+
+def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: bool,
+               plan_path: str | Path | None = None) -> DeployResult:
+    """Build the service for this model; in a dry run, write what would be applied to `plan_path`."""
+    version = model_version(model_dir)
+    project = cfg.deploy.project or (os.environ.get("CLOUD_ML_PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT")
+                                     or ("PROJECT" if dry_run else resolve_project("")))
+    name = service_name(cfg, project)
+    body = service_body(cfg, model_uri=model_uri, version=version, project=project)
+    plan = {"dry_run": dry_run, "method": "UpdateService", "allow_missing": True, "name": name,
+            "service": body, "traffic_after_smoke_test": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
+                                                           "percent": 100}]}
+    if plan_path is not None:
+        write_json_atomic(plan_path, plan)
+    if not dry_run:
+        raise PhotoDetectorError(
+            "the Cloud Run rollout (no-traffic revision, smoke test, traffic move) is not part of this version",
+            "run the pipeline with deploy_dry_run=true; the plan that would be applied is in the deploy output")
+    return DeployResult(name, version, dry_run, Path(plan_path) if plan_path else None)

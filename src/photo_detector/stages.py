@@ -1,0 +1,205 @@
+"""Adapters between KFP artifacts and the library's stage functions: what every component body calls.
+
+Why here and not in `components/`: component bodies are shipped as source into the compiled spec, so they
+stay one import and one call; everything testable lives in the library. Artifacts are duck-typed (`.path`,
+`.uri`, `.metadata`, the Metrics/ClassificationMetrics logging methods), so this module imports no kfp.
+
+Each stage runs under `_stage`, which times it, turns a PhotoDetectorError into one clear line and exit
+status 2 (no kfp traceback), and appends a record to `$PHOTO_DETECTOR_STAGE_LOG` when set (run-local reads
+it for its summary and for kfp's per-task overhead).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from photo_detector import CLASS_NAMES
+from photo_detector.config import Config, GateConfig, load_config
+from photo_detector.errors import PhotoDetectorError
+from photo_detector.io import write_json_atomic, write_text_atomic
+
+log = logging.getLogger("photo_detector.stage")
+
+STAGE_LOG_ENV = "PHOTO_DETECTOR_STAGE_LOG"
+ROC_POINTS = 200  # enough for a smooth curve in the Vertex console, small enough for artifact metadata
+
+# Pipeline parameter -> config key. The pipeline's parameters take their names and defaults from here.
+PIPELINE_PARAMETERS: dict[str, str] = {
+    "data_uri": "pipeline.data_uri",
+    "seed": "seed",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "weight_decay": "train.weight_decay",
+    "freeze_backbone": "model.freeze_backbone",
+    "classification_threshold": "thresholds.classification",
+    "min_accuracy": "gate.min_accuracy",
+    "min_f1": "gate.min_f1",
+    "service_name": "deploy.service_name",
+    "region": "deploy.region",
+    "project": "deploy.project",
+    "auto_deploy": "deploy.auto_deploy",
+    "deploy_dry_run": "deploy.dry_run",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stage_config(config_overrides: dict[str, Any] | None = None, **params: Any) -> Config:
+    """Packaged defaults <- `config_overrides` (dotted keys, any key) <- named pipeline parameters."""
+    overrides = dict(config_overrides or {})
+    for name, value in params.items():
+        overrides[PIPELINE_PARAMETERS[name]] = value
+    defaults = Config()
+    for key, value in overrides.items():
+        # Struct parameters travel as protobuf Values, where every number is a double: 2 arrives as 2.0.
+        if isinstance(value, float) and value.is_integer() and type(_default(defaults, key)) is int:
+            overrides[key] = int(value)
+    return load_config(None, overrides)
+
+
+def _default(cfg: Config, key: str) -> Any:
+    try:
+        return cfg.get(key)
+    except AttributeError:
+        return None  # an unknown key: load_config names it
+
+
+def _record(entry: dict[str, Any]) -> None:
+    path = os.environ.get(STAGE_LOG_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+
+
+def _stage(name: str) -> Callable[[F], F]:
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if not logging.getLogger().handlers:
+                logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            start = time.perf_counter()
+            log.info("stage %s: start", name)
+            try:
+                result, summary = fn(*args, **kwargs)
+            except PhotoDetectorError as exc:
+                seconds = time.perf_counter() - start
+                _record({"stage": name, "status": "failed", "seconds": seconds, "error": str(exc)})
+                print(f"error in stage {name}: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            seconds = time.perf_counter() - start
+            _record({"stage": name, "status": "succeeded", "seconds": seconds, "summary": summary})
+            log.info("stage %s: done in %.1fs", name, seconds)
+            return result
+        return run  # type: ignore[return-value]
+    return wrap
+
+
+def _log_metrics(metrics: Any, values: dict[str, float]) -> None:
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(key, float(value))
+
+
+@_stage("verify-data")
+def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image_size: int,
+                config_overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    from photo_detector.verify import REPORT_MD, run_verify
+
+    cfg = stage_config(config_overrides, image_size=image_size)
+    try:
+        result = run_verify(dataset.path, verified.path, cfg)
+    finally:  # the report is the evidence of a failure too
+        md = Path(verified.path) / REPORT_MD
+        if md.is_file():
+            shutil.copyfile(md, report.path)
+    _log_metrics(metrics, result.metrics())
+    verified.metadata.update({"digest": result.digest, "source_uri": dataset.uri, "counts": result.counts})
+    return result.digest, {"digest": result.digest, "images": result.n_images, "verified": verified.path,
+                           "report": report.path, "warnings": len(result.warnings)}
+
+
+@_stage("train")
+def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: Any, *, data_digest: str,
+          config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
+    from photo_detector.artifacts import HISTORY, METADATA
+    from photo_detector.cloud.run_service import model_version
+    from photo_detector.data.packed import read_manifest
+    from photo_detector.reports import training_report
+    from photo_detector.train import run_train
+
+    cfg = stage_config(config_overrides, **params)
+    digest = read_manifest(verified.path)["digest"]
+    if data_digest and digest != data_digest:
+        raise PhotoDetectorError(f"the verified dataset's digest {digest} is not the data_digest input "
+                                 f"{data_digest}", "re-run the pipeline; the data changed between stages")
+    result = run_train(verified.path, model.path, cfg)
+    meta = json.loads((Path(model.path) / METADATA).read_text(encoding="utf-8"))
+    model.metadata.update({"framework": meta["framework"], "model_file": meta["model_file"],
+                           "image_size": meta["image_size"], "data_digest": meta["data_digest"],
+                           "model_version": model_version(model.path), "best_epoch": meta["best_epoch"],
+                           **meta["val_metrics"]})
+    shutil.copyfile(Path(model.path) / HISTORY, epoch_metrics.path)
+    _log_metrics(metrics, {**meta["val_metrics"], "best_epoch": meta["best_epoch"],
+                           "epochs_run": result.epochs_run, "train_seconds": result.seconds})
+    write_text_atomic(report.path, training_report(result.history, meta))
+    return None, {"model": model.path, "best_epoch": result.best_epoch, **meta["val_metrics"],
+                  "report": report.path}
+
+
+@_stage("evaluate")
+def evaluate(model: Any, dataset: Any, metrics: Any, classification_metrics: Any, report: Any, *,
+             split: str) -> tuple[None, dict[str, Any]]:
+    from photo_detector.evaluate import run_evaluate
+    from photo_detector.reports import evaluation_report
+
+    result = run_evaluate(model.path, dataset.path, split=split)
+    _log_metrics(metrics, {**result.metrics, "n_images": result.n_images, "threshold": result.threshold})
+    classification_metrics.log_confusion_matrix(list(CLASS_NAMES), result.confusion_matrix)
+    step = max(1, math.ceil(len(result.roc_fpr) / ROC_POINTS))
+    idx = sorted({*range(0, len(result.roc_fpr), step), len(result.roc_fpr) - 1}) if result.roc_fpr else []
+    classification_metrics.log_roc_curve([result.roc_fpr[i] for i in idx], [result.roc_tpr[i] for i in idx],
+                                         [result.roc_thresholds[i] for i in idx])
+    write_text_atomic(report.path, evaluation_report(result.to_dict()))
+    return None, {**result.metrics, "split": split, "n_images": result.n_images, "report": report.path}
+
+
+@_stage("quality-gate")
+def quality_gate(metrics: Any, decision: Any, *, min_accuracy: float, min_f1: float,
+                 champion_metrics: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    from photo_detector.gate import run_gate
+
+    cfg = GateConfig(min_accuracy=min_accuracy, min_f1=min_f1)
+    result = run_gate(dict(metrics.metadata), cfg, champion_metrics or None)
+    write_json_atomic(decision.path, result.to_dict())
+    decision.metadata.update({"passed": result.passed, "rule": result.rule,
+                              "reasons": [c.reason for c in result.checks]})
+    for c in result.checks:
+        log.info("check %-16s %s: %s", c.name, "pass" if c.passed else "FAIL", c.reason)
+    return result.passed, {"passed": result.passed, "rule": result.rule, "checks": [c.reason for c in result.checks],
+                           "decision": decision.path}
+
+
+@_stage("deploy")
+def deploy(model: Any, deployment: Any, *, dry_run: bool, config_overrides: dict[str, Any],
+           **params: Any) -> tuple[None, dict[str, Any]]:
+    from photo_detector.cloud.run_service import run_deploy
+
+    cfg = stage_config(config_overrides, **params)
+    result = run_deploy(model.path, model.uri, cfg, dry_run=dry_run, plan_path=deployment.path)
+    deployment.metadata.update({"service": result.service, "model_version": result.model_version,
+                                "dry_run": result.dry_run})
+    return None, {"service": result.service, "model_version": result.model_version, "dry_run": result.dry_run,
+                  "plan": deployment.path}

@@ -1,0 +1,136 @@
+"""The compiled pipeline spec: current, strictly valid, and the DAG the product promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from photo_detector.pipelines.compile import DEFAULT_OUTPUT, compile_pipeline, load_spec
+
+from photo_detector.config import load_config
+from photo_detector.stages import PIPELINE_PARAMETERS, stage_config
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = ROOT / DEFAULT_OUTPUT
+STAGES = ("verify-data", "train", "evaluate", "quality-gate", "deploy")
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return load_spec(COMPILED)
+
+
+def _component_tasks(spec: dict) -> dict[str, dict]:
+    """Every task that runs a container, with nested condition groups flattened."""
+    tasks: dict[str, dict] = {}
+
+    def walk(dag_tasks: dict) -> None:
+        for name, task in dag_tasks.items():
+            comp = spec["components"][task["componentRef"]["name"]]
+            if "dag" in comp:
+                walk(comp["dag"]["tasks"])
+            else:
+                tasks[name] = task
+    walk(spec["root"]["dag"]["tasks"])
+    return tasks
+
+
+def test_checked_in_spec_is_what_compile_writes(tmp_path: Path) -> None:
+    fresh = compile_pipeline(load_config(), tmp_path / "p.yaml")
+    assert fresh.read_text() == COMPILED.read_text(), "run `photo-detector compile` and commit the result"
+
+
+def test_spec_parses_strictly_into_pipeline_spec(spec: dict) -> None:
+    parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    assert parsed.pipeline_info.name == load_config().pipeline.name
+
+
+def test_dag_has_exactly_the_five_stages_and_their_edges(spec: dict) -> None:
+    tasks = _component_tasks(spec)
+    assert set(tasks) == {*STAGES, "importer"}
+    root = spec["root"]["dag"]["tasks"]
+    assert root["verify-data"]["dependentTasks"] == ["importer"]
+    assert root["train"]["dependentTasks"] == ["verify-data"]
+    assert sorted(root["evaluate"]["dependentTasks"]) == ["importer", "train"]
+    assert root["quality-gate"]["dependentTasks"] == ["evaluate"]
+    train_in = root["train"]["inputs"]
+    assert train_in["artifacts"]["verified"]["taskOutputArtifact"] == {"outputArtifactKey": "verified",
+                                                                       "producerTask": "verify-data"}
+    assert root["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "train"
+    gate_in = root["quality-gate"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]
+    assert gate_in == {"outputArtifactKey": "metrics", "producerTask": "evaluate"}
+    assert all(t["taskInfo"]["name"] for t in tasks.values()), "every task has a display name"
+
+
+def test_deploy_runs_only_under_the_gate_and_auto_deploy(spec: dict) -> None:
+    root = spec["root"]["dag"]["tasks"]
+    assert "deploy" not in root
+    outer = root["condition-1"]
+    assert "quality-gate" in outer["dependentTasks"]
+    assert "quality-gate-Output" in outer["triggerPolicy"]["condition"]
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]["condition-2"]
+    assert "auto_deploy" in inner["triggerPolicy"]["condition"]
+    deploy = spec["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
+    assert deploy["inputs"]["artifacts"]["model"]["componentInputArtifact"] == "pipelinechannel--train-model"
+
+
+def test_each_stage_has_its_own_image(spec: dict) -> None:
+    cfg = load_config()
+    executors = spec["deploymentSpec"]["executors"]
+    images = {name: e["container"]["image"] for name, e in executors.items() if "container" in e}
+    assert len(images) == len(STAGES) and len(set(images.values())) == len(STAGES)
+    assert all(i.startswith(cfg.images.registry + "/") and i.endswith(":" + cfg.images.tag)
+               for i in images.values())
+    for e in executors.values():
+        if "container" in e:
+            assert "pip install" not in " ".join(e["container"]["command"]), "images carry the dependencies"
+
+
+def test_train_asks_for_one_t4_with_the_n1_standard_4_shape(spec: dict) -> None:
+    res = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert res["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4" and res["accelerator"]["resourceCount"] == "1"
+    assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == ("4", "15G")
+    others = [e["container"] for n, e in spec["deploymentSpec"]["executors"].items()
+              if n != "exec-train" and "container" in e]
+    assert len(others) == 4 and all("resources" not in c for c in others)
+
+
+def test_retries_and_caching_follow_idempotence(spec: dict) -> None:
+    tasks = _component_tasks(spec)
+    retried = {n for n, t in tasks.items() if t.get("retryPolicy", {}).get("maxRetryCount")}
+    assert retried == {"verify-data", "evaluate", "quality-gate"}
+    uncached = {n for n, t in tasks.items() if not t.get("cachingOptions", {}).get("enableCache")}
+    assert uncached == {"verify-data", "deploy"}
+
+
+def test_train_cache_key_includes_the_data_content_digest(spec: dict) -> None:
+    digest_in = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["data_digest"]
+    assert digest_in["taskOutputParameter"] == {"outputParameterKey": "digest", "producerTask": "verify-data"}
+
+
+def test_parameters_carry_the_config_names_and_defaults(spec: dict) -> None:
+    cfg = load_config()
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for name, key in PIPELINE_PARAMETERS.items():
+        assert name in params, f"pipeline parameter {name} ({key}) is missing"
+        assert params[name]["defaultValue"] == cfg.get(key), name
+    assert params["epochs"]["defaultValue"] == 15 and params["batch_size"]["defaultValue"] == 64
+    assert (params["min_accuracy"]["defaultValue"], params["min_f1"]["defaultValue"]) == (0.85, 0.80)
+
+
+def test_compile_with_another_registry_and_tag_changes_only_images(tmp_path: Path) -> None:
+    cfg = load_config(None, {"images.registry": "europe-docker.pkg.dev/p/r", "images.tag": "abc123"})
+    doc = yaml.safe_load(compile_pipeline(cfg, tmp_path / "p.yaml").read_text())
+    images = [e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e]
+    assert sorted(images) == sorted(f"europe-docker.pkg.dev/p/r/{s}:abc123"
+                                    for s in ("verify", "train", "evaluate", "gate", "deploy"))
+
+
+def test_struct_parameters_arrive_as_doubles_and_are_coerced() -> None:
+    cfg = stage_config({"data.num_workers": 2.0, "train.warmup_epochs": 0.0}, epochs=3.0)
+    assert cfg.data.num_workers == 2 and cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    with pytest.raises(Exception, match="must be an integer"):
+        stage_config({"data.num_workers": 2.5})
