@@ -1,6 +1,7 @@
 """deploy: the Cloud Run service for the gated model (a dry run writes the exact service it would apply)."""
 
 from kfp.dsl import Artifact, Input, Model, Output
+
 from photo_detector.components._factory import stage_component
 
 

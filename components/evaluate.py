@@ -1,6 +1,7 @@
 """evaluate: the exported ONNX model + the serving preprocessing on a split's raw files."""
 
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
 from photo_detector.components._factory import stage_component
 
 

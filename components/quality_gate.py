@@ -1,6 +1,7 @@
 """quality-gate: pass/fail on the evaluation metrics (and the champion's, when given); fails closed."""
 
 from kfp.dsl import Artifact, Input, Metrics, Output
+
 from photo_detector.components._factory import stage_component
 
 

@@ -1,6 +1,7 @@
 """train: the packed dataset -> Model (checkpoint, ONNX, metadata), per-epoch metrics and an HTML report."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
 from photo_detector.components._factory import stage_component
 
 

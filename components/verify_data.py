@@ -3,6 +3,7 @@
 from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+
 from photo_detector.components._factory import stage_component
 
 

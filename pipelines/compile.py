@@ -13,6 +13,7 @@ DEFAULT_OUTPUT = Path("compiled") / "training_pipeline.yaml"
 def compile_pipeline(cfg: Config, output: str | Path = DEFAULT_OUTPUT) -> Path:
     """Compile the DAG bound to `cfg` (images, resources, parameter defaults) to `output`."""
     from kfp import compiler
+
     from photo_detector.pipelines.training_pipeline import build_pipeline
 
     output = Path(output)

@@ -118,9 +118,9 @@ def run_local(cfg: Config, *, out: str | Path = "runs", data: str | Path | None 
               seed: int = 42) -> LocalRunResult:
     """Run the DAG on `data` (default: freshly generated sample data) in a new folder under `out`."""
     from kfp import local
-    from photo_detector.pipelines.training_pipeline import build_pipeline
 
     from photo_detector.data.sample import generate_sample
+    from photo_detector.pipelines.training_pipeline import build_pipeline
 
     run_dir = new_run_dir(Path(out)).resolve()
     if data is None:

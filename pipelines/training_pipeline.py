@@ -8,13 +8,13 @@ config (images, resources, defaults); `training_pipeline` is the one built from 
 from typing import Any
 
 from kfp import dsl
+
 from photo_detector.components._factory import rebuild
 from photo_detector.components.deploy import deploy
 from photo_detector.components.evaluate import evaluate
 from photo_detector.components.quality_gate import quality_gate
 from photo_detector.components.train import train
 from photo_detector.components.verify_data import verify_data
-
 from photo_detector.config import Config, load_config
 
 DESCRIPTION = ("Detector of AI-generated product photos: verify the data, train EfficientNet-B0 on a T4, "

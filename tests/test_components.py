@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 from kfp import dsl, local
+
 from photo_detector.components.deploy import deploy
 from photo_detector.components.evaluate import evaluate
 from photo_detector.components.quality_gate import quality_gate

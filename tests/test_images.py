@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from kfp import __version__ as kfp_version
+
 from photo_detector.components._factory import STAGE_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_config
-from photo_detector.pipelines.local_run import pipeline_arguments, run_local
 
 from photo_detector.demo import new_run_dir
+from photo_detector.pipelines.local_run import pipeline_arguments, run_local
 
 
 def test_arguments_name_the_config_and_carry_other_keys_as_overrides() -> None:

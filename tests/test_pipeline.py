@@ -8,9 +8,9 @@ import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-from photo_detector.pipelines.compile import DEFAULT_OUTPUT, compile_pipeline, load_spec
 
 from photo_detector.config import load_config
+from photo_detector.pipelines.compile import DEFAULT_OUTPUT, compile_pipeline, load_spec
 from photo_detector.stages import PIPELINE_PARAMETERS, stage_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,55 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def _add_cloud_args(p: argparse.ArgumentParser, *names: str) -> None:
+    from photo_detector.cloud.settings import SOURCES
+
+    for name in ("project", "region", *names):
+        key, env, flag = SOURCES[name]
+        p.add_argument(flag, dest=f"cloud_{name}", metavar=name.upper(), help=f"{key} (env {env})")
+
+
+def _settings(args: argparse.Namespace):
+    from photo_detector.cloud.settings import SOURCES, resolve
+
+    flags = {name: getattr(args, f"cloud_{name}", None) for name in SOURCES}
+    return resolve(_config(args), flags)
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
+            raise PhotoDetectorError(f"label '{item}' is not KEY=VALUE in lower-case letters, digits, _ and -",
+                                     "e.g. --label team=vision")
+        labels[key] = value
+    return labels
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.vertex import submit
+
+    settings = _settings(args)
+    caching = {"on": True, "off": False, "default": None}[args.caching]
+    res = submit(settings, args.template, params=args.params, labels=_labels(args.labels), caching=caching,
+                 job_id=args.job_id, experiment=args.cloud_experiment, sync=args.sync,
+                 poll_seconds=args.poll_seconds, on_state=lambda s: print(f"state: {s}", flush=True))
+    print(f"submitted {res.job_id}\n  {res.resource_name}\n  {res.console_url}")
+    if args.sync:
+        print(f"finished: {res.state}")
+        return 0 if res.state == "PIPELINE_STATE_SUCCEEDED" else 1
+    return 0
+
+
+def cmd_template_upload(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.templates import upload_template
+
+    res = upload_template(_settings(args), args.file, args.tags or [__version__, "latest"])
+    print(f"uploaded {args.file} to {res.host} as {res.package} {res.version} (tags: {', '.join(res.tags)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photo-detector", description=__doc__)
     parser.add_argument("--version", action="version", version=f"photo-detector {__version__}")
@@ -288,6 +338,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=800, help="sample images per class when generating")
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.set_defaults(func=cmd_run_local)
+
+    p = sub.add_parser("submit", help="submit a pipeline run to Vertex AI Pipelines")
+    _add_config_args(p)
+    _add_cloud_args(p, "pipeline_root", "service_account", "kfp_repository", "experiment")
+    p.add_argument("--template", default="compiled/training_pipeline.yaml",
+                   help="a compiled YAML, or NAME:TAG of a template in the Artifact Registry KFP repository")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter, typed and checked against the spec (repeatable)")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--job-id", help="run id (default: <pipeline>-<timestamp>-<random>, always unique)")
+    p.add_argument("--caching", choices=["on", "off", "default"], default="default",
+                   help="default = each task's compiled caching setting")
+    p.add_argument("--sync", action="store_true", help="follow the run until it ends; exit 1 unless it succeeded")
+    p.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("template", help="pipeline templates in Artifact Registry")
+    tsub = p.add_subparsers(dest="template_command", required=True, metavar="ACTION")
+    p = tsub.add_parser("upload", help="push a compiled spec to the KFP repository with tags")
+    _add_config_args(p)
+    _add_cloud_args(p, "kfp_repository")
+    p.add_argument("file", nargs="?", type=Path, default=Path("compiled/training_pipeline.yaml"))
+    p.add_argument("--tag", dest="tags", action="append", metavar="TAG",
+                   help=f"repeatable; default: {__version__} and latest")
+    p.set_defaults(func=cmd_template_upload)
 
     p = sub.add_parser("evaluate", help="score an exported model on a split's image files")
     p.add_argument("--model", type=Path, required=True, help="a train --out folder (model.onnx + model.json)")

@@ -128,6 +128,16 @@ class PipelineConfig:
 
 
 @dataclass
+class GcpConfig:
+    project: str = _f("")
+    region: str = _f("us-central1")
+    pipeline_root: str = _f("")
+    service_account: str = _f("")
+    kfp_repository: str = _f("photo-detector")
+    experiment: str = _f("")
+
+
+@dataclass
 class DeployConfig:
     service_name: str = _f("photo-detector")
     project: str = _f("")
@@ -153,6 +163,7 @@ class Config:
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    gcp: GcpConfig = field(default_factory=GcpConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -365,8 +376,10 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.deploy.min_instances > cfg.deploy.max_instances:
         raise ConfigError("config key 'deploy.min_instances' must be <= 'deploy.max_instances'",
                           f"got {cfg.deploy.min_instances} > {cfg.deploy.max_instances}")
-    for key in ("images.registry", "images.tag", "pipeline.name", "pipeline.data_uri", "deploy.service_name",
-                "deploy.region"):
+    if cfg.gcp.pipeline_root and not cfg.gcp.pipeline_root.startswith("gs://"):
+        raise ConfigError("config key 'gcp.pipeline_root' must be a gs:// URI", f"got {cfg.gcp.pipeline_root!r}")
+    for key in ("gcp.region", "gcp.kfp_repository", "images.registry", "images.tag", "pipeline.name",
+                "pipeline.data_uri", "deploy.service_name", "deploy.region"):
         if not str(cfg.get(key)).strip():
             raise ConfigError(f"config key '{key}' is empty", "set it to a non-empty value")
     if cfg.model.pretrained and cfg.model.weights is not None and not cfg.model.weights.strip():

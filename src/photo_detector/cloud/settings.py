@@ -1,0 +1,80 @@
+"""Where the cloud commands act: config file <- PHOTO_DETECTOR_* environment <- command-line flags.
+
+API endpoints can be redirected (emulators, local fakes, private endpoints) with environment variables;
+a redirected service is called with anonymous credentials, so no Google login is needed for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from photo_detector.config import Config
+from photo_detector.errors import ConfigError
+
+# setting -> (config key, environment variable, flag)
+SOURCES: dict[str, tuple[str, str, str]] = {
+    "project": ("gcp.project", "PHOTO_DETECTOR_PROJECT", "--project"),
+    "region": ("gcp.region", "PHOTO_DETECTOR_REGION", "--region"),
+    "pipeline_root": ("gcp.pipeline_root", "PHOTO_DETECTOR_PIPELINE_ROOT", "--pipeline-root"),
+    "service_account": ("gcp.service_account", "PHOTO_DETECTOR_SERVICE_ACCOUNT", "--service-account"),
+    "kfp_repository": ("gcp.kfp_repository", "PHOTO_DETECTOR_KFP_REPOSITORY", "--repository"),
+    "experiment": ("gcp.experiment", "PHOTO_DETECTOR_EXPERIMENT", "--experiment"),
+    "image_registry": ("images.registry", "PHOTO_DETECTOR_IMAGE_REGISTRY", "--registry"),
+}
+ENDPOINTS: dict[str, str] = {
+    "vertex": "PHOTO_DETECTOR_VERTEX_ENDPOINT",
+    "artifact_registry": "PHOTO_DETECTOR_ARTIFACT_REGISTRY_ENDPOINT",
+    "run": "PHOTO_DETECTOR_RUN_ENDPOINT",
+    "storage": "STORAGE_EMULATOR_HOST",
+}
+
+
+@dataclass
+class Settings:
+    project: str = ""
+    region: str = ""
+    pipeline_root: str = ""
+    service_account: str = ""
+    kfp_repository: str = ""
+    experiment: str = ""
+    image_registry: str = ""
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def require(self, name: str) -> str:
+        value = getattr(self, name)
+        if not value:
+            key, env, flag = SOURCES[name]
+            raise ConfigError(f"no {name.replace('_', ' ')} is set",
+                              f"pass {flag}, set {env}, or set {key} in the config file")
+        return value
+
+    def credentials(self, service: str) -> Any:
+        """Anonymous credentials for a redirected endpoint; None (= Application Default Credentials) otherwise."""
+        if self.endpoints.get(service):
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()
+        return None
+
+    def kfp_host(self) -> str:
+        """The Artifact Registry KFP repository URL templates are pushed to and pulled from."""
+        base = self.endpoints.get("artifact_registry") or f"https://{self.require('region')}-kfp.pkg.dev"
+        return f"{base.rstrip('/')}/{self.require('project')}/{self.require('kfp_repository')}"
+
+    def console_url(self, job_id: str) -> str:
+        return (f"https://console.cloud.google.com/vertex-ai/locations/{self.region}/pipelines/runs/{job_id}"
+                f"?project={self.project}")
+
+
+def resolve(cfg: Config, flags: dict[str, str | None] | None = None) -> Settings:
+    values: dict[str, Any] = {}
+    for name, (key, env, _flag) in SOURCES.items():
+        value = (flags or {}).get(name) or os.environ.get(env) or cfg.get(key)
+        values[name] = str(value or "")
+    if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
+        raise ConfigError(f"pipeline root {values['pipeline_root']!r} is not a gs:// URI",
+                          "pass --pipeline-root gs://BUCKET/PATH")
+    endpoints = {svc: os.environ[env] for svc, env in ENDPOINTS.items() if os.environ.get(env)}
+    return Settings(**values, endpoints=endpoints)

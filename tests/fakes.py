@@ -1,0 +1,172 @@
+"""Local HTTP stand-ins for Google APIs: the official clients (REST transport) talk to them over loopback.
+
+Each fake records every request (method, path, query, JSON body) and answers like the API for the calls we
+make. `fail(method, pattern, status, times)` scripts error responses to exercise retries and error paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    headers: dict[str, str]
+    raw: bytes = b""
+
+
+@dataclass
+class FakeAPI:
+    requests: list[Request] = field(default_factory=list)
+    failures: list[list[Any]] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, method: str, pattern: str, status: int, times: int = 1, message: str = "scripted") -> None:
+        self.failures.append([method, re.compile(pattern), status, times, message])
+
+    def route(self, req: Request) -> tuple[int, Any]:  # pragma: no cover - overridden
+        return 404, {"error": {"code": 404, "message": "no route", "status": "NOT_FOUND"}}
+
+    def calls(self, method: str | None = None, pattern: str = "") -> list[Request]:
+        return [r for r in self.requests if (method is None or r.method == method) and re.search(pattern, r.path)]
+
+    def _scripted(self, req: Request) -> tuple[int, Any] | None:
+        for f in self.failures:
+            method, pattern, status, times, message = f
+            if times > 0 and req.method == method and pattern.search(req.path):
+                f[3] -= 1
+                return status, {"error": {"code": status, "message": message, "status": _STATUS.get(status, "ERR")}}
+        return None
+
+    def serve(self) -> tuple[ThreadingHTTPServer, str]:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                url = urlsplit(self.path)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ctype = self.headers.get("Content-Type", "")
+                body: Any = raw
+                if "json" in ctype and raw:
+                    body = json.loads(raw)
+                elif ctype.startswith("multipart/form-data"):
+                    body = _multipart(raw, ctype)
+                req = Request(self.command, url.path, parse_qs(url.query), body, dict(self.headers), raw)
+                api.requests.append(req)
+                status, payload = api._scripted(req) or api.route(req)
+                data = payload if isinstance(payload, bytes) else (
+                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes | str)
+                                 else "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+           409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+
+
+def _multipart(raw: bytes, ctype: str) -> dict[str, Any]:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
+    out: dict[str, Any] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        out[name] = payload if part.get_filename() else payload.decode()
+    return out
+
+
+class FakeVertex(FakeAPI):
+    """pipelineJobs create/get/list/cancel and schedules, with runs that finish after `polls_until_done` GETs."""
+
+    polls_until_done = 2
+    final_state = "PIPELINE_STATE_SUCCEEDED"
+
+    def route(self, req: Request) -> tuple[int, Any]:
+        jobs = self.state.setdefault("jobs", {})
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/pipelineJobs", req.path)
+        if m and req.method == "POST":
+            job_id = req.query["pipelineJobId"][0]
+            name = f"{m.group(1)}/pipelineJobs/{job_id}"
+            if name in jobs:
+                return 409, {"error": {"code": 409, "message": f"{name} exists", "status": "ALREADY_EXISTS"}}
+            jobs[name] = {**req.body, "name": name, "state": "PIPELINE_STATE_PENDING",
+                          "createTime": "2026-11-25T10:00:00Z", "_polls": 0}
+            return 200, _public(jobs[name])
+        if m and req.method == "GET":
+            return 200, {"pipelineJobs": [_public(j) for j in jobs.values()]}
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/pipelineJobs/[^/:]+)(:cancel)?", req.path)
+        if m:
+            job = jobs.get(m.group(1))
+            if job is None:
+                return 404, {"error": {"code": 404, "message": f"{m.group(1)} not found", "status": "NOT_FOUND"}}
+            if m.group(2):
+                job["state"] = "PIPELINE_STATE_CANCELLING"
+                return 200, {}
+            job["_polls"] += 1
+            if job["state"] not in ("PIPELINE_STATE_CANCELLING",):
+                job["state"] = self.final_state if job["_polls"] > self.polls_until_done else \
+                    "PIPELINE_STATE_RUNNING"
+            if job["state"] in ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED"):
+                job.setdefault("startTime", "2026-11-25T10:00:05Z")
+                job.setdefault("endTime", "2026-11-25T10:07:35Z")
+            return 200, _public(job)
+        return 404, {"error": {"code": 404, "message": f"no route {req.method} {req.path}", "status": "NOT_FOUND"}}
+
+
+def _public(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
+class FakeKfpRegistry(FakeAPI):
+    """Artifact Registry's KFP repository: upload (multipart content + tags) and download by tag."""
+
+    def route(self, req: Request) -> tuple[int, Any]:
+        packages = self.state.setdefault("packages", {})
+        m = re.fullmatch(r"/([^/]+)/([^/]+)/?", req.path)
+        if m and req.method == "POST":
+            import hashlib
+
+            import yaml
+
+            content = req.body["content"]
+            name = yaml.safe_load(content)["pipelineInfo"]["name"]
+            version = "sha256:" + hashlib.sha256(content).hexdigest()
+            tags = [t for t in (req.body.get("tags") or "").split(",") if t]
+            pkg = packages.setdefault(name, {"versions": {}, "tags": {}})
+            pkg["versions"][version] = content
+            for t in tags:
+                pkg["tags"][t] = version
+            return 200, f"{name}/{version}"
+        m = re.fullmatch(r"/([^/]+)/([^/]+)/([^/]+)/([^/]+)", req.path)
+        if m and req.method == "GET":
+            pkg = packages.get(m.group(3))
+            version = pkg and (pkg["tags"].get(m.group(4)) or m.group(4))
+            if not pkg or version not in pkg["versions"]:
+                return 404, {"error": {"code": 404, "message": "not found"}}
+            return 200, pkg["versions"][version]
+        return 404, {"error": {"code": 404, "message": f"no route {req.method} {req.path}"}}
