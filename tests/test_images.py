@@ -16,7 +16,7 @@ from kfp import __version__ as kfp_version
 from photo_detector.components._factory import STAGE_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = sorted(set(STAGE_IMAGES.values()))
+IMAGES = sorted({*STAGE_IMAGES.values(), "serve"})  # the five stages and the service
 
 
 def dockerfile(image: str) -> str:
@@ -46,7 +46,7 @@ def test_dockerfile_installs_its_extra_on_a_pinned_base_as_non_root(image: str) 
 
 def test_extras_pin_the_compile_time_kfp_and_the_spec_records_it() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    for image in IMAGES:
+    for image in STAGE_IMAGES.values():
         assert f"kfp=={kfp_version}" in extras[image], f"extra {image} must pin kfp {kfp_version}"
     assert f"sdkVersion: kfp-{kfp_version}" in (ROOT / "compiled" / "training_pipeline.yaml").read_text()
 
@@ -63,8 +63,24 @@ def test_entrypoint_is_a_real_command_that_runs(image: str) -> None:
 
 def test_torch_free_stages_do_not_import_torch() -> None:
     """verify, evaluate, gate and deploy images have no torch: their code paths must not import it."""
-    code = ("import sys; from photo_detector import stages, verify, evaluate, gate, reports; "
-            "from photo_detector.cloud import run_service; "
+    code = ("import sys; from photo_detector import stages, verify, evaluate, gate, reports, inference; "
+            "from photo_detector.cloud import run_service, settings, vertex, templates; "
+            "import photo_detector.serving.app; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_evaluate_and_serve_run_with_torch_unimportable(trained_dir: Path, sample_dir: Path) -> None:
+    """Not just imports: the evaluate stage and a prediction really run where torch cannot be imported."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from photo_detector.evaluate import run_evaluate\n"
+        f"r = run_evaluate({str(trained_dir)!r}, {str(sample_dir)!r}, split='test')\n"
+        "from photo_detector.inference import LoadedModel\n"
+        f"m = LoadedModel.load({str(trained_dir)!r})\n"
+        "print(r.n_images, m.version)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "8"

@@ -251,6 +251,35 @@ def cmd_template_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from photo_detector.serving.auth import KeyChecker, parse_hashes
+
+    source = args.model or os.environ.get("PHOTO_DETECTOR_MODEL_URI")
+    if not source:
+        raise PhotoDetectorError("no model to serve", "pass --model DIR|gs://... or set PHOTO_DETECTOR_MODEL_URI")
+    hashes = parse_hashes(args.api_key_hashes or os.environ.get("PHOTO_DETECTOR_API_KEY_HASHES", ""))
+    if not hashes and not args.no_auth:
+        raise PhotoDetectorError("no API key hashes configured",
+                                 "set PHOTO_DETECTOR_API_KEY_HASHES (see `photo-detector api-key`) or pass "
+                                 "--no-auth for a local, unauthenticated service")
+    from photo_detector.serving.app import serve
+
+    serve(source, _config(args), KeyChecker(hashes, allow_all=args.no_auth), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    from photo_detector.serving.auth import hash_key, new_key
+
+    key = args.key or new_key()
+    if args.key is None:
+        print(f"key:  {key}")
+    print(f"hash: {hash_key(key)}")
+    print("store the hash in PHOTO_DETECTOR_API_KEY_HASHES (Secret Manager on Cloud Run); give the key to clients",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photo-detector", description=__doc__)
     parser.add_argument("--version", action="version", version=f"photo-detector {__version__}")
@@ -363,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", dest="tags", action="append", metavar="TAG",
                    help=f"repeatable; default: {__version__} and latest")
     p.set_defaults(func=cmd_template_upload)
+
+    p = sub.add_parser("serve", help="run the prediction service (the serve image's entrypoint)")
+    _add_config_args(p)
+    p.add_argument("--model", help="model folder or gs:// URI (default: $PHOTO_DETECTOR_MODEL_URI)")
+    p.add_argument("--host", default="0.0.0.0", help="bind address")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")), help="default: $PORT or 8080")
+    p.add_argument("--api-key-hashes", help="sha256:<hex>,... (default: $PHOTO_DETECTOR_API_KEY_HASHES)")
+    p.add_argument("--no-auth", action="store_true", help="accept requests without X-API-Key (local use only)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("api-key", help="make an API key and the hash the service stores")
+    p.add_argument("--key", help="hash this key instead of making a new one")
+    p.set_defaults(func=cmd_api_key)
 
     p = sub.add_parser("evaluate", help="score an exported model on a split's image files")
     p.add_argument("--model", type=Path, required=True, help="a train --out folder (model.onnx + model.json)")

@@ -128,6 +128,15 @@ class PipelineConfig:
 
 
 @dataclass
+class ServeConfig:
+    max_body_bytes: int = _f(10 * 1024 * 1024, lo=1024, hi=1 << 30)
+    max_batch_files: int = _f(16, lo=1, hi=256)
+    max_image_pixels: int = _f(40_000_000, lo=1024, hi=268_435_456)
+    request_timeout_seconds: float = _f(10.0, lo=0.1, hi=3600.0)
+    threads: int = _f(0, lo=0, hi=256)
+
+
+@dataclass
 class GcpConfig:
     project: str = _f("")
     region: str = _f("us-central1")
@@ -163,6 +172,7 @@ class Config:
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     gcp: GcpConfig = field(default_factory=GcpConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

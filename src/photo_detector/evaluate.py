@@ -53,7 +53,7 @@ class EvalResult:
 def predict_files(model_dir: str | Path, paths: list[Path], batch_size: int = 64,
                   desc: str = "evaluate") -> np.ndarray:
     """P(ai_generated) for image files, through the ONNX model and the serving preprocessing."""
-    from photo_detector.export import onnx_probabilities, onnx_session
+    from photo_detector.inference import onnx_probabilities, onnx_session
 
     meta = read_metadata(model_dir)
     pp = Preprocess.from_dict(meta["preprocess"])

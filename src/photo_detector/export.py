@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from photo_detector.errors import PhotoDetectorError
+from photo_detector.inference import INPUT_NAME, OUTPUT_NAMES, onnx_probabilities, onnx_session
 from photo_detector.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logit", "probability")
 
 
 class _WithProbability(nn.Module):
@@ -37,22 +36,6 @@ class ExportResult:
     path: Path
     max_abs_diff: float
     n_checked: int
-
-
-def onnx_session(path: str | Path):  # -> onnxruntime.InferenceSession
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def onnx_probabilities(session, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """P(ai_generated) for a float32 NCHW batch, run in chunks."""
-    out = [session.run([OUTPUT_NAMES[1]], {INPUT_NAME: inputs[i:i + batch_size]})[0]
-           for i in range(0, len(inputs), batch_size)]
-    return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
 def export_onnx(model: nn.Module, inputs: np.ndarray, path: str | Path, *, opset: int,

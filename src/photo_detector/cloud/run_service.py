@@ -31,7 +31,7 @@ def model_version(model_dir: str | Path) -> str:
     """Content-derived version: the same exported model always gets the same version (no duplicate rollouts)."""
     meta = read_metadata(model_dir)
     h = hashlib.sha256((Path(model_dir) / meta["model_file"]).read_bytes())
-    return "m-" + h.hexdigest()[:12]
+    return "m-" + h.hexdigest()[:12]  # the same rule as inference.LoadedModel.version
 
 
 def resolve_project(project: str) -> str:

@@ -1,0 +1,58 @@
+"""ONNX Runtime inference on an exported model folder, torch-free: what the evaluate stage and the service run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from photo_detector.artifacts import read_metadata
+from photo_detector.preprocess import Preprocess
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("logit", "probability")
+
+
+def onnx_session(path: str | Path, threads: int = 0) -> Any:
+    """An optimised CPU session; `threads` 0 = one intra-op thread per core."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_probabilities(session: Any, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """P(ai_generated) for a float32 NCHW batch, run in chunks."""
+    out = [session.run([OUTPUT_NAMES[1]], {INPUT_NAME: inputs[i:i + batch_size]})[0].reshape(-1)
+           for i in range(0, len(inputs), batch_size)]
+    return np.concatenate(out) if out else np.empty(0, np.float32)
+
+
+@dataclass
+class LoadedModel:
+    """A model folder ready to run: metadata, preprocessing, session and a content-derived version."""
+
+    path: Path
+    metadata: dict[str, Any]
+    preprocess: Preprocess
+    session: Any
+    version: str
+
+    @classmethod
+    def load(cls, model_dir: str | Path, threads: int = 0) -> LoadedModel:
+        model_dir = Path(model_dir)
+        meta = read_metadata(model_dir)
+        onnx_path = model_dir / meta["model_file"]
+        version = "m-" + hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:12]
+        return cls(model_dir, meta, Preprocess.from_dict(meta["preprocess"]), onnx_session(onnx_path, threads),
+                   version)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        return onnx_probabilities(self.session, inputs)
