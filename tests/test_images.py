@@ -74,7 +74,12 @@ def test_torch_free_stages_do_not_import_torch() -> None:
 def test_evaluate_and_serve_run_with_torch_unimportable(trained_dir: Path, sample_dir: Path) -> None:
     """Not just imports: the evaluate stage and a prediction really run where torch cannot be imported."""
     code = (
-        "import sys; sys.modules['torch'] = None\n"
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
+        "            raise ImportError(name + ' is not in this image')\n"
+        "sys.meta_path.insert(0, Block())\n"
         "from photo_detector.evaluate import run_evaluate\n"
         f"r = run_evaluate({str(trained_dir)!r}, {str(sample_dir)!r}, split='test')\n"
         "from photo_detector.inference import LoadedModel\n"
