@@ -37,3 +37,19 @@ def trained_dir(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run_train(sample_dir, out, tiny_config())
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model that classifies a known image of each class correctly (what a deploy smoke test needs)."""
+    import json
+
+    from photo_detector.train import run_train
+
+    data = generate_sample(tmp_path_factory.mktemp("data60") / "sample", per_class=60, size=40, seed=7).root
+    out = tmp_path_factory.mktemp("runs") / "smoke-model"
+    run_train(data, out, tiny_config(**{"train.epochs": 12, "train.learning_rate": 0.005,
+                                        "train.warmup_epochs": 1, "train.early_stopping_patience": 0}))
+    smoke = json.loads((out / "model.json").read_text())["smoke_images"]
+    assert set(smoke) == {"real", "ai_generated"}, smoke
+    return out

@@ -70,13 +70,15 @@ class FakeAPI:
                 data = payload if isinstance(payload, bytes) else (
                     payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
                 self.send_response(status)
+                if isinstance(payload, dict) and "digest" in payload:
+                    self.send_header("Docker-Content-Digest", payload["digest"])
                 self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes | str)
                                  else "text/plain")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _handle
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -170,3 +172,62 @@ class FakeKfpRegistry(FakeAPI):
                 return 404, {"error": {"code": 404, "message": "not found"}}
             return 200, pkg["versions"][version]
         return 404, {"error": {"code": 404, "message": f"no route {req.method} {req.path}"}}
+
+
+class FakeCloudRun(FakeAPI):
+    """run_v2 services: get, patch (allowMissing upsert) with revisions, tags and traffic; LROs done at once.
+
+    `tag_url` is what a tagged traffic target's URL resolves to (a real local service in the tests)."""
+
+    tag_url = "http://127.0.0.1:9"
+
+    def route(self, req: Request) -> tuple[int, Any]:
+        services = self.state.setdefault("services", {})
+        m = re.fullmatch(r"/v2/(projects/[^/]+/locations/[^/]+/services/[^/:]+)", req.path)
+        if not m:
+            return 404, {"error": {"code": 404, "message": f"no route {req.method} {req.path}", "status": "NOT_FOUND"}}
+        name = m.group(1)
+        svc = services.get(name)
+        if req.method == "GET":
+            if svc is None:
+                return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+            return 200, svc
+        if req.method == "PATCH":
+            if svc is None and req.query.get("allowMissing") != ["true"]:
+                return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+            svc = services.setdefault(name, {"name": name, "uri": f"https://{name.rsplit('/', 1)[-1]}-x.a.run.app",
+                                             "revisions": []})
+            body = req.body
+            revision = body.get("template", {}).get("revision")
+            if revision and revision not in svc["revisions"]:
+                svc["revisions"].append(revision)
+            svc["template"] = body.get("template", svc.get("template"))
+            svc["latestCreatedRevision"] = f"{name}/revisions/{svc['revisions'][-1]}"
+            svc["latestReadyRevision"] = svc["latestCreatedRevision"]
+            svc["traffic"] = body.get("traffic", [])
+            svc["trafficStatuses"] = [
+                {**t, **({"uri": self.tag_url} if t.get("tag") else {})} for t in svc["traffic"]]
+            for key in ("labels", "invokerIamDisabled"):
+                if key in body:
+                    svc[key] = body[key]
+            public = {k: v for k, v in svc.items() if k != "revisions"}
+            return 200, {"name": f"{name}/operations/op-{len(self.requests)}", "done": True,
+                         "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **public}}
+        return 405, {"error": {"code": 405, "message": "method not allowed"}}
+
+
+class FakeDockerRegistry(FakeAPI):
+    """Registry v2 API: HEAD manifests/<tag> answers the digest of known tags."""
+
+    digests: dict[str, str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digests = {}
+
+    def route(self, req: Request) -> tuple[int, Any]:
+        m = re.fullmatch(r"/v2/(.+)/manifests/([^/]+)", req.path)
+        digest = m and self.digests.get(f"{m.group(1)}:{m.group(2)}")
+        if not digest:
+            return 404, {"errors": [{"code": "MANIFEST_UNKNOWN"}]}
+        return 200, {"digest": digest}

@@ -1,33 +1,13 @@
-"""Run the real service (uvicorn) on a loopback port inside the test process."""
+"""Helpers for tests that talk to the real service on loopback."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
+from photo_detector.serving.local import running
 
-
-@contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
+__all__ = ["running", "wait_ready"]
 
 
 def wait_ready(client: Any, url: str, timeout: float = 20) -> None:

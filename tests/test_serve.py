@@ -199,11 +199,9 @@ def test_health_is_503_until_the_model_is_ready(tmp_path: Path) -> None:
         assert post(client, url, png_bytes()).status_code == 503
 
 
-def test_no_route_ends_in_z(service) -> None:
+def test_no_route_ends_in_z() -> None:
     from starlette.routing import Route
 
-    url, client = service
-    del url
     app = create_app("/nonexistent", load_config(), KeyChecker([]), load_in_background=True)
     paths = [r.path for r in app.routes if isinstance(r, Route)]
     assert paths and not any(p.endswith("z") for p in paths)

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +149,64 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from photo_detector.cloud.run_service import run_deploy
-
     cfg = _config(args, {"deploy.service_name": args.service, "deploy.region": args.region,
                          "deploy.project": args.project})
+    if args.local:
+        return _deploy_local(args, cfg)
+    from photo_detector.cloud.run_service import run_deploy
+    from photo_detector.serving.app import resolve_model
+
+    source = str(args.model)
+    model_dir = resolve_model(source)
+    model_uri = source if source.startswith("gs://") else str(Path(source).resolve())
+    if not args.dry_run and not source.startswith("gs://"):
+        model_uri = _upload_local_model(args, cfg, model_dir)
     plan = args.plan or Path(tempfile_name("deploy-plan", ".json"))
-    res = run_deploy(args.model, str(args.model.resolve()), cfg, dry_run=args.dry_run, plan_path=plan)
-    print(Path(plan).read_text(), end="")
-    print(f"dry run: {res.service} would serve model {res.model_version}; plan in {plan}", file=sys.stderr)
+    res = run_deploy(model_dir, model_uri, cfg, dry_run=args.dry_run, plan_path=plan)
+    if args.dry_run:
+        print(Path(plan).read_text(), end="")
+        print(f"dry run: {res.service} would serve model {res.model_version}; plan in {plan}", file=sys.stderr)
+    elif not res.changed:
+        print(f"{res.service} already serves {res.revision} ({res.model_version}) with all traffic: nothing done")
+    else:
+        print(f"{res.service}: {res.revision} now has 100% of traffic (previous: {res.previous_revision})\n"
+              f"  url: {res.url}")
+    return 0
+
+
+def _upload_local_model(args: argparse.Namespace, cfg: Any, model_dir: Path) -> str:
+    """Cloud Run cannot read a laptop folder: copy it next to the pipeline's artifacts first."""
+    from photo_detector.cloud.gcs import upload_folder
+    from photo_detector.cloud.run_service import model_version
+    from photo_detector.cloud.settings import resolve
+
+    root = resolve(cfg, {"pipeline_root": args.pipeline_root}).require("pipeline_root").rstrip("/")
+    uri = f"{root}/models/{model_version(model_dir)}"
+    upload_folder(model_dir, uri)
+    return uri
+
+
+def _deploy_local(args: argparse.Namespace, cfg: Any) -> int:
+    """The same smoke test as a Cloud Run rollout, against the service started on loopback."""
+    from photo_detector.artifacts import read_metadata
+    from photo_detector.serving.app import create_app, resolve_model
+    from photo_detector.serving.auth import KeyChecker, hash_key, new_key
+    from photo_detector.serving.local import running
+    from photo_detector.smoke import smoke_test
+
+    model_dir = resolve_model(str(args.model))
+    meta = read_metadata(model_dir)
+    key = new_key()
+    app = create_app(str(model_dir), cfg, KeyChecker([hash_key(key)]))
+    with running(app, port=args.port or 0) as url:
+        report = smoke_test(url, key, model_dir, meta, ready_timeout=60)
+        print(f"local service {url}: smoke test passed")
+        for check in report.checks:
+            print(f"  ok  {check}")
+        if args.keep_running:
+            print(f"serving until Ctrl-C; X-API-Key: {key}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
     return 0
 
 
@@ -342,14 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(func=cmd_gate)
 
-    p = sub.add_parser("deploy", help="the Cloud Run service for a model (the deploy stage)")
+    p = sub.add_parser("deploy", help="roll a model out to Cloud Run safely (or --local, or --dry-run)")
     _add_config_args(p)
-    p.add_argument("--model", type=Path, required=True, help="a train --out folder")
+    p.add_argument("--model", required=True, help="a train --out folder, or the gs:// URI of one")
     p.add_argument("--service", help="deploy.service_name")
-    p.add_argument("--region", help="deploy.region")
-    p.add_argument("--project", help="deploy.project")
+    p.add_argument("--region", help="deploy.region (Cloud Run)")
+    p.add_argument("--project", help="deploy.project (default: gcp.project / $PHOTO_DETECTOR_PROJECT)")
+    p.add_argument("--pipeline-root", help="gs:// folder a local model is uploaded under before deploying")
     p.add_argument("--dry-run", action="store_true", help="print the service that would be applied")
     p.add_argument("--plan", type=Path, help="write the plan JSON here")
+    p.add_argument("--local", action="store_true", help="start the service on loopback and smoke-test it")
+    p.add_argument("--port", type=int, help="with --local: the port (default: any free one)")
+    p.add_argument("--keep-running", action="store_true", help="with --local: keep serving after the test")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("compile", help="compile the KFP pipeline spec Vertex AI runs")

@@ -158,8 +158,9 @@ class DeployConfig:
     concurrency: int = _f(8, lo=1, hi=1000)
     timeout_seconds: int = _f(30, lo=1, hi=3600)
     api_keys_secret: str = _f("photo-detector-api-keys")
+    smoke_key_secret: str = _f("photo-detector-smoke-key")
     auto_deploy: bool = _f(True)
-    dry_run: bool = _f(True)
+    dry_run: bool = _f(False)
 
 
 @dataclass

@@ -199,7 +199,8 @@ def deploy(model: Any, deployment: Any, *, dry_run: bool, config_overrides: dict
 
     cfg = stage_config(config_overrides, **params)
     result = run_deploy(model.path, model.uri, cfg, dry_run=dry_run, plan_path=deployment.path)
-    deployment.metadata.update({"service": result.service, "model_version": result.model_version,
-                                "dry_run": result.dry_run})
-    return None, {"service": result.service, "model_version": result.model_version, "dry_run": result.dry_run,
-                  "plan": deployment.path}
+    info = {"service": result.service, "model_version": result.model_version, "dry_run": result.dry_run,
+            "url": result.url, "revision": result.revision, "previous_revision": result.previous_revision,
+            "changed": result.changed}
+    deployment.metadata.update({k: v for k, v in info.items() if v is not None})
+    return None, {**{k: v for k, v in info.items() if v is not None}, "plan": deployment.path}

@@ -33,6 +33,7 @@ from photo_detector.io import atomic_path, prepare_output_dir, write_json_atomic
 from photo_detector.model import PhotoDetector, build_model, count_trainable
 from photo_detector.preprocess import Preprocess
 from photo_detector.progress import progress
+from photo_detector.smoke import write_smoke_images
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +423,7 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     exported = export_onnx(trainer.model, trainer.export_inputs(), out / ONNX, opset=cfg.export.opset,
                            tolerance=cfg.export.parity_tolerance)
     best_row = best_ckpt["metrics"]
-    metadata = {
+    metadata: dict[str, Any] = {
         "format_version": 1,
         "framework": "onnx",
         "model_file": ONNX,
@@ -443,6 +444,9 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
     }
+    write_json_atomic(out / METADATA, metadata)
+    # Known images for the deploy smoke test, chosen by the exported model itself (needs model.json on disk).
+    metadata["smoke_images"] = write_smoke_images(out, trainer.val_store.images, trainer.val_store.labels)
     write_json_atomic(out / METADATA, metadata)
     seconds = time.perf_counter() - start
     log.info("best epoch %d: val_accuracy %.4f; wrote %s in %.1fs", best_ckpt["epoch"],

@@ -93,23 +93,34 @@ class DeployResult:
     dry_run: bool
     plan_path: Path | None
     url: str | None = None
+    revision: str | None = None
+    previous_revision: str | None = None
+    changed: bool = False
 
 
 def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: bool,
                plan_path: str | Path | None = None) -> DeployResult:
-    """Build the service for this model; in a dry run, write what would be applied to `plan_path`."""
+    """Dry run: write the service that would be applied to `plan_path`. Otherwise: the safe rollout
+    (no-traffic revision, smoke test, then all traffic), with the plan written first for the record."""
     version = model_version(model_dir)
     project = cfg.deploy.project or (os.environ.get("CLOUD_ML_PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT")
                                      or ("PROJECT" if dry_run else resolve_project("")))
     name = service_name(cfg, project)
     body = service_body(cfg, model_uri=model_uri, version=version, project=project)
     plan = {"dry_run": dry_run, "method": "UpdateService", "allow_missing": True, "name": name,
-            "service": body, "traffic_after_smoke_test": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST",
-                                                           "percent": 100}]}
+            "service": body, "rollout": ["new revision with 0% traffic, tagged " + version,
+                                         "smoke test of the tagged URL", "100% traffic to the new revision"]}
     if plan_path is not None:
         write_json_atomic(plan_path, plan)
-    if not dry_run:
-        raise PhotoDetectorError(
-            "the Cloud Run rollout (no-traffic revision, smoke test, traffic move) is not part of this version",
-            "run the pipeline with deploy_dry_run=true; the plan that would be applied is in the deploy output")
-    return DeployResult(name, version, dry_run, Path(plan_path) if plan_path else None)
+    if dry_run:
+        return DeployResult(name, version, dry_run, Path(plan_path) if plan_path else None)
+    from dataclasses import replace
+
+    from photo_detector.cloud.rollout import rollout, smoke_api_key
+    from photo_detector.cloud.settings import resolve
+
+    cfg = replace(cfg, deploy=replace(cfg.deploy, project=project))
+    settings = resolve(cfg, {"project": project})
+    res = rollout(model_dir, model_uri, cfg, settings, api_key=smoke_api_key(cfg, settings))
+    return DeployResult(name, version, dry_run, Path(plan_path) if plan_path else None, url=res.url,
+                        revision=res.revision, previous_revision=res.previous_revision, changed=res.changed)
