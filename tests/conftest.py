@@ -16,6 +16,7 @@ TINY = {
     "data.image_size": 32, "data.crop_pct": 0.8, "data.batch_size": 16, "data.num_workers": 2,
     "model.pretrained": False, "model.hidden_dim": 32,
     "train.epochs": 2, "train.warmup_epochs": 0, "train.learning_rate": 0.003,
+    "verify.min_images_per_class": 2,
 }
 
 

@@ -23,7 +23,8 @@ def test_arguments_name_the_config_and_carry_other_keys_as_overrides() -> None:
     assert args["batch_size"] == 16
     # Named parameters are not repeated; every other key that differs from the defaults is.
     assert args["config_overrides"] == {"data.crop_pct": 0.8, "data.num_workers": 2, "model.pretrained": False,
-                                        "model.hidden_dim": 32, "train.warmup_epochs": 0}
+                                        "model.hidden_dim": 32, "train.warmup_epochs": 0,
+                                        "verify.min_images_per_class": 2}
 
 
 @pytest.mark.slow
@@ -55,8 +56,8 @@ def test_failing_stage_names_itself_its_error_and_its_log(sample_dir: Path, tmp_
                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "task verify-data FAILED" in out.stderr
-    assert f"class folder {broken / 'val' / 'real'} has no images" in out.stderr
+    assert f"{broken} failed verification" in out.stderr and "val/real has 0" in out.stderr
     log_line = next(line for line in out.stderr.splitlines() if line.startswith("its log: "))
     log = Path(log_line.removeprefix("its log: "))
-    assert log.name == "verify-data.log" and "has no images" in log.read_text()
+    assert log.name == "verify-data.log" and "val/real has 0" in log.read_text()
     assert "Traceback" not in log.read_text(), "the stage's own error, not a wall of kfp internals"

@@ -49,6 +49,17 @@ class DataConfig:
 
 
 @dataclass
+class VerifyConfig:
+    min_images_per_class: int = _f(100, lo=1, hi=10_000_000)
+    min_class_balance: float = _f(0.3, lo=0.0, hi=1.0)
+    max_image_pixels: int = _f(89_478_485, lo=1024, hi=268_435_456)
+    near_duplicate_distance: int = _f(4, lo=-1, hi=32)
+    near_duplicate_max_mad: float = _f(4.0, lo=0.0, hi=255.0)
+    shortcut_max_score: float = _f(0.7, lo=0.5, hi=1.0)
+    workers: int = _f(0, lo=0, hi=256)
+
+
+@dataclass
 class ModelConfig:
     name: str = _f("efficientnet_b0")
     pretrained: bool = _f(True)
@@ -167,6 +178,7 @@ class DeployConfig:
 class Config:
     seed: int = _f(42, lo=0, hi=2**32 - 1)
     data: DataConfig = field(default_factory=DataConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)

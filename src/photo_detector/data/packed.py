@@ -17,7 +17,6 @@ import numpy as np
 from photo_detector.data.layout import SplitFiles
 from photo_detector.data.store import ImageStore
 from photo_detector.errors import DataError
-from photo_detector.io import write_atomic, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -44,31 +43,13 @@ def dataset_digest(root: Path, splits: dict[str, SplitFiles]) -> str:
                            for files in splits.values() for p in files.paths])
 
 
-def _save(path: Path, array: np.ndarray) -> None:
+def save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append .npy to the temporary name
         np.save(f, array, allow_pickle=False)
 
 
 def is_packed(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
-
-
-def write_packed(out_dir: Path, stores: dict[str, ImageStore], *, root: Path, digest: str,
-                 resize_size: int, extra: dict[str, Any] | None = None) -> Path:
-    """Write the arrays first and the manifest last (atomically): a folder with a manifest is complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    splits: dict[str, Any] = {}
-    for split, store in stores.items():
-        write_atomic(out_dir / f"{split}.images.npy", lambda p, a=store.images: _save(p, a))
-        write_atomic(out_dir / f"{split}.labels.npy", lambda p, a=store.labels: _save(p, a))
-        splits[split] = {"count": len(store), "real": int((store.labels == 0).sum()),
-                         "ai_generated": int((store.labels == 1).sum()),
-                         "paths": [p.relative_to(root).as_posix() for p in store.paths]}
-    manifest = {"format_version": FORMAT_VERSION, "digest": digest, "source": str(root),
-                "store_size": next(iter(stores.values())).size, "resize_size": resize_size,
-                "splits": splits, **(extra or {})}
-    write_json_atomic(out_dir / MANIFEST, manifest)
-    return out_dir / MANIFEST
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -54,26 +54,52 @@ def split_counts(per_class: int) -> dict[str, int]:
     return {"train": per_class - val - test, "val": val, "test": test}
 
 
-def _random_crop(rng: np.random.Generator, size: int) -> Image.Image:
-    photo = _source_photos()[int(rng.integers(len(SOURCE_PHOTOS)))]
-    w, h = photo.size
-    side = int(rng.uniform(0.2, 0.6) * min(w, h))
-    left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    crop = photo.crop((left, top, left + side, top + side))
+TILE = 128  # source photos are cut into TILE x TILE tiles; each tile belongs to one split
+MIN_TILE_STD = 20.0  # grey-level standard deviation below which a tile is too flat to use
+
+
+@cache
+def _tiles(split: str) -> tuple[tuple[int, int, int], ...]:
+    """(photo, left, top) of the tiles whose content only `split` uses: splits never share image content,
+    so verify-data's leakage check holds on the sample data as it must on real data. Flat tiles (clipped
+    sky) are skipped: their crops would be near-identical whatever the split or class."""
+    out = []
+    k = 0
+    for photo_idx, photo in enumerate(_source_photos()):
+        w, h = photo.size
+        grey = np.asarray(photo.convert("L"), dtype=np.float32)
+        for top in range(0, h - TILE + 1, TILE):
+            for left in range(0, w - TILE + 1, TILE):
+                if grey[top:top + TILE, left:left + TILE].std() < MIN_TILE_STD:
+                    continue
+                owner = "test" if k % 7 == 3 else "val" if k % 7 == 5 else "train"
+                if owner == split:
+                    out.append((photo_idx, left, top))
+                k += 1
+    return tuple(out)
+
+
+def _random_crop(rng: np.random.Generator, size: int, split: str) -> Image.Image:
+    tiles = _tiles(split)
+    photo_idx, tile_left, tile_top = tiles[int(rng.integers(len(tiles)))]
+    side = int(rng.uniform(0.5, 1.0) * TILE)
+    left = tile_left + int(rng.integers(0, TILE - side + 1))
+    top = tile_top + int(rng.integers(0, TILE - side + 1))
+    crop = _source_photos()[photo_idx].crop((left, top, left + side, top + side))
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return crop.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def make_real(rng: np.random.Generator, size: int) -> np.ndarray:
-    img = np.asarray(_random_crop(rng, size), dtype=np.float32)
+def make_real(rng: np.random.Generator, size: int, split: str = "train") -> np.ndarray:
+    img = np.asarray(_random_crop(rng, size, split), dtype=np.float32)
     img = img * rng.uniform(0.85, 1.15)  # exposure
     img += rng.normal(0.0, rng.uniform(1.5, 4.0), img.shape)  # sensor noise
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def make_ai(rng: np.random.Generator, size: int) -> np.ndarray:
-    base = _random_crop(rng, size)
+def make_ai(rng: np.random.Generator, size: int, split: str = "train") -> np.ndarray:
+    base = _random_crop(rng, size, split)
     factor = int(rng.choice([2, 3, 4]))
     low = base.resize((max(4, size // factor),) * 2, Image.Resampling.BOX)
     method = [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.NEAREST][int(rng.integers(3))]
@@ -109,7 +135,7 @@ def generate_sample(out: str | Path, *, per_class: int = 800, size: int = 72, se
                 folder.mkdir(parents=True)
                 for i in range(counts[split]):
                     rng = np.random.default_rng([seed, s_idx, label, i])
-                    pixels = makers[label](rng, size)
+                    pixels = makers[label](rng, size, split)
                     Image.fromarray(pixels).save(folder / f"img_{i:05d}.png", optimize=False, compress_level=6)
         if out.exists():  # --force: swap in the new tree first, then drop the old one
             old = out.with_name(f".{out.name}.old")
