@@ -1,6 +1,6 @@
 """deploy: the Cloud Run service for the gated model (a dry run writes the exact service it would apply)."""
 
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from photo_detector.components._factory import stage_component
 
@@ -8,15 +8,18 @@ from photo_detector.components._factory import stage_component
 @stage_component("deploy")
 def deploy(
     model: Input[Model],
+    metrics: Input[Metrics],
     deployment: Output[Artifact],
     service_name: str,
     region: str,
     project: str,
     dry_run: bool,
+    pipeline_run: str,
     config_overrides: dict,
 ):
-    """Runs only under the gate's dsl.If; `deployment` records the service, model version and plan."""
+    """Runs only under the gate's dsl.If; `deployment` records the service, revisions, model version and the
+    registry version the model became (with `metrics`, the evaluation the gate passed)."""
     from photo_detector import stages
 
-    stages.deploy(model, deployment, dry_run=dry_run, config_overrides=config_overrides,
-                  service_name=service_name, region=region, project=project)
+    stages.deploy(model, metrics, deployment, dry_run=dry_run, pipeline_run=pipeline_run,
+                  config_overrides=config_overrides, service_name=service_name, region=region, project=project)

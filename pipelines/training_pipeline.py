@@ -42,6 +42,7 @@ def build_pipeline(cfg: Config | None = None) -> Any:
         min_accuracy: float = cfg.gate.min_accuracy,
         min_f1: float = cfg.gate.min_f1,
         champion_metrics: dict = {},  # noqa: B006 - kfp parameter default, never mutated
+        champion_from_registry: bool = cfg.gate.champion_from_registry,
         eval_split: str = "test",
         auto_deploy: bool = d.auto_deploy,
         deploy_dry_run: bool = d.dry_run,
@@ -70,14 +71,17 @@ def build_pipeline(cfg: Config | None = None) -> Any:
         evaluated.set_display_name("evaluate").set_retry(p.retries)
 
         gate = gate_op(metrics=evaluated.outputs["metrics"], min_accuracy=min_accuracy, min_f1=min_f1,
-                       champion_metrics=champion_metrics)
+                       champion_metrics=champion_metrics, champion_from_registry=champion_from_registry,
+                       config_overrides=config_overrides)
         gate.set_display_name("quality gate").set_retry(p.retries)
 
         # Deploy only when the gate passed and the run asks for it (both conditions show in the console).
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"), \
                 dsl.If(auto_deploy == True, name="auto-deploy"):  # noqa: E712 - kfp conditions, not Python bools
-            deployed = deploy_op(model=trained.outputs["model"], service_name=service_name, region=region,
-                                 project=project, dry_run=deploy_dry_run, config_overrides=config_overrides)
+            deployed = deploy_op(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
+                                 service_name=service_name, region=region, project=project,
+                                 dry_run=deploy_dry_run, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                 config_overrides=config_overrides)
             # Never cached: a cache hit would report a rollout that did not happen.
             deployed.set_display_name("deploy to Cloud Run").set_caching_options(False)
 

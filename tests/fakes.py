@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 @dataclass
@@ -64,7 +64,7 @@ class FakeAPI:
                     body = json.loads(raw)
                 elif ctype.startswith("multipart/form-data"):
                     body = _multipart(raw, ctype)
-                req = Request(self.command, url.path, parse_qs(url.query), body, dict(self.headers), raw)
+                req = Request(self.command, unquote(url.path), parse_qs(url.query), body, dict(self.headers), raw)
                 api.requests.append(req)
                 status, payload = api._scripted(req) or api.route(req)
                 data = payload if isinstance(payload, bytes) else (
@@ -109,6 +109,10 @@ class FakeVertex(FakeAPI):
     final_state = "PIPELINE_STATE_SUCCEEDED"
 
     def route(self, req: Request) -> tuple[int, Any]:
+        if "/schedules" in req.path:
+            return self._schedules(req)
+        if "/models" in req.path:
+            return self._models(req)
         jobs = self.state.setdefault("jobs", {})
         m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/pipelineJobs", req.path)
         if m and req.method == "POST":
@@ -138,6 +142,71 @@ class FakeVertex(FakeAPI):
                 job.setdefault("endTime", "2026-11-25T10:07:35Z")
             return 200, _public(job)
         return 404, {"error": {"code": 404, "message": f"no route {req.method} {req.path}", "status": "NOT_FOUND"}}
+
+
+def _schedules_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
+    schedules = self.state.setdefault("schedules", {})
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/schedules", req.path)
+    if m and req.method == "POST":
+        name = f"{m.group(1)}/schedules/{1000 + len(schedules)}"
+        schedules[name] = {**req.body, "name": name, "state": "ACTIVE", "startedRunCount": "0",
+                           "nextRunTime": "2026-11-30T02:00:00Z", "createTime": "2026-11-25T10:00:00Z"}
+        return 200, schedules[name]
+    if m and req.method == "GET":
+        return 200, {"schedules": list(schedules.values())}
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/schedules/[^/:]+)(:pause|:resume)?", req.path)
+    if not m or m.group(1) not in schedules:
+        return 404, {"error": {"code": 404, "message": f"{req.path} not found", "status": "NOT_FOUND"}}
+    name = m.group(1)
+    if req.method == "DELETE":
+        del schedules[name]
+        return 200, {"name": f"{name}/operations/del", "done": True,
+                     "response": {"@type": "type.googleapis.com/google.protobuf.Empty"}}
+    if m.group(2) == ":pause":
+        schedules[name]["state"] = "PAUSED"
+        return 200, {}
+    if m.group(2) == ":resume":
+        schedules[name]["state"] = "ACTIVE"
+        return 200, {}
+    return 200, schedules[name]
+
+
+FakeVertex._schedules = _schedules_route  # type: ignore[attr-defined]
+
+
+def _models_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
+    """Model Registry: models:upload (new model or new version of parentModel), list by display name, get a
+    version by id or alias; the `versionAliases` of an upload move from older versions to the new one."""
+    models = self.state.setdefault("models", {})  # name -> list of versions
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/models(:upload)?", req.path)
+    if m and m.group(2) and req.method == "POST":
+        spec = req.body["model"]
+        parent = req.body.get("parentModel")
+        name = parent or f"{m.group(1)}/models/{100 + len(models)}"
+        versions = models.setdefault(name, [])
+        aliases = spec.get("versionAliases", [])
+        for v in versions:
+            v["versionAliases"] = [a for a in v["versionAliases"] if a not in aliases]
+        version = {**spec, "name": name, "versionId": str(len(versions) + 1), "versionAliases": aliases,
+                   "createTime": "2026-11-25T10:00:00Z", "updateTime": "2026-11-25T10:00:00Z"}
+        versions.append(version)
+        return 200, {"name": f"{name}/operations/up-{len(versions)}", "done": True, "response": {
+            "@type": "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse", "model": name,
+            "modelVersionId": version["versionId"]}}
+    if m and req.method == "GET":
+        wanted = re.search(r'display_name="([^"]+)"', (req.query.get("filter") or [""])[0])
+        latest = [vs[-1] for vs in models.values() if not wanted or vs[-1]["displayName"] == wanted.group(1)]
+        return 200, {"models": latest}
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/models/[^/@:]+)(?:@([^/:]+))?", req.path)
+    if m and req.method == "GET" and m.group(1) in models:
+        ref = m.group(2)
+        for v in models[m.group(1)]:
+            if ref is None or v["versionId"] == ref or ref in v["versionAliases"]:
+                return 200, v
+    return 404, {"error": {"code": 404, "message": f"{req.path} not found", "status": "NOT_FOUND"}}
+
+
+FakeVertex._models = _models_route  # type: ignore[attr-defined]
 
 
 def _public(job: dict[str, Any]) -> dict[str, Any]:

@@ -92,17 +92,24 @@ def test_quality_gate_component(kfp_local: Path, tmp_path: Path, metrics: dict, 
     @dsl.pipeline
     def p() -> bool:
         m = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics, metadata=metrics)
-        return quality_gate(metrics=m.output, min_accuracy=0.85, min_f1=0.80, champion_metrics={}).outputs["Output"]
+        return quality_gate(metrics=m.output, min_accuracy=0.85, min_f1=0.80, champion_metrics={},
+                            champion_from_registry=False, config_overrides={}).outputs["Output"]
 
     assert p().output is passed
 
 
-def test_deploy_component_writes_the_exact_service_in_a_dry_run(kfp_local: Path, trained_dir: Path) -> None:
+def test_deploy_component_writes_the_exact_service_in_a_dry_run(kfp_local: Path, trained_dir: Path,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "m").write_text("{}")
+
     @dsl.pipeline
     def p() -> dsl.Artifact:
         model = dsl.importer(artifact_uri=str(trained_dir), artifact_class=dsl.Model)
-        return deploy(model=model.output, service_name="detector-test", region="europe-west4", project="proj-1",
-                      dry_run=True, config_overrides={}).outputs["deployment"]
+        metrics = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics,
+                               metadata={"accuracy": 0.9, "f1": 0.9})
+        return deploy(model=model.output, metrics=metrics.output, service_name="detector-test",
+                      region="europe-west4", project="proj-1", dry_run=True, pipeline_run="run-1",
+                      config_overrides={}).outputs["deployment"]
 
     out = p().output
     plan = json.loads(Path(out.path).read_text())

@@ -75,6 +75,8 @@ def test_deploy_runs_only_under_the_gate_and_auto_deploy(spec: dict) -> None:
     assert "auto_deploy" in inner["triggerPolicy"]["condition"]
     deploy = spec["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
     assert deploy["inputs"]["artifacts"]["model"]["componentInputArtifact"] == "pipelinechannel--train-model"
+    assert deploy["inputs"]["artifacts"]["metrics"]["componentInputArtifact"] == "pipelinechannel--evaluate-metrics"
+    assert deploy["inputs"]["parameters"]["pipeline_run"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
 
 
 def test_each_stage_has_its_own_image(spec: dict) -> None:

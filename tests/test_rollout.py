@@ -194,3 +194,36 @@ def test_deploy_dry_run_plan_is_a_valid_run_v2_service(smoke_model: Path, tmp_pa
     body = json.loads(plan.read_text())
     run_v2.Service.from_json(json.dumps(body["service"]))  # strict: unknown fields would raise
     assert body["name"] == "projects/proj/locations/us-central1/services/photo-detector"
+
+
+def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, good_service, tmp_path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from fakes import FakeVertex
+    from kfp import dsl
+
+    from photo_detector import stages
+
+    vertex = FakeVertex()
+    server, url = vertex.serve()
+    monkeypatch.setenv("PHOTO_DETECTOR_VERTEX_ENDPOINT", url)
+    monkeypatch.setenv("PHOTO_DETECTOR_SMOKE_API_KEY", KEY)
+    cloud.tag_url = good_service
+    try:
+        # As on Vertex: the artifact lives in Cloud Storage (uri) and is read through its local mount (path).
+        model = SimpleNamespace(uri="gs://runs/root/train/model", path=str(smoke_model), metadata={})
+        metrics = dsl.Metrics(uri=str(tmp_path / "metrics"), metadata={"accuracy": 0.91, "f1": 0.9})
+        deployment = dsl.Artifact(uri=str(tmp_path / "deployment"))
+        stages.deploy(model, metrics, deployment, dry_run=False, pipeline_run="photo-detector-training-7",
+                      config_overrides={"gcp.region": "europe-west4"}, service_name="detector",
+                      region="europe-west4", project="proj")
+    finally:
+        server.shutdown()
+    meta = deployment.metadata
+    assert meta["changed"] is True and meta["revision"].startswith("detector-m-") and meta["url"]
+    upload = vertex.calls("POST", r"models:upload$")[0].body["model"]
+    assert upload["artifactUri"] == "gs://runs/root/train/model"
+    assert upload["labels"]["pipeline_run"] == "photo-detector-training-7"
+    assert json.loads(upload["versionDescription"])["metrics"] == {"accuracy": 0.91, "f1": 0.9}
+    assert meta["registry_version"] == "1"

@@ -331,6 +331,83 @@ def cmd_api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "") if r.get(c) is not None else "-").ljust(widths[c]) for c in columns))
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from photo_detector.cloud import schedules
+
+    settings = _settings(args)
+    if args.schedule_command == "create":
+        s = schedules.create_schedule(
+            settings, args.template, cron=args.cron, time_zone=args.time_zone, display_name=args.display_name,
+            params=args.params, labels=_labels(args.labels), max_concurrent_runs=args.max_concurrent_runs,
+            max_runs=args.max_runs, start_time=args.start_time, end_time=args.end_time,
+            caching={"on": True, "off": False, "default": None}[args.caching])
+        info = schedules.describe_schedule(s)
+        print(f"created schedule {info['id']} ({info['display_name']}): {info['cron']}, state {info['state']}")
+        return 0
+    if args.schedule_command == "list":
+        _print_rows(schedules.list_schedules(settings),
+                    ["id", "display_name", "state", "cron", "next_run_time", "started_run_count"], args.json)
+        return 0
+    info = schedules.change_schedule(settings, args.schedule_id, args.schedule_command)
+    print(f"schedule {info['id']}: {info['state']}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from photo_detector.cloud import schedules
+
+    settings = _settings(args)
+    if args.runs_command == "list":
+        _print_rows(schedules.list_runs(settings, args.limit), ["id", "state", "created", "duration_s"], args.json)
+        return 0
+    run = (schedules.get_run if args.runs_command == "get" else schedules.cancel_run)(settings, args.run_id)
+    if args.json or args.runs_command == "get":
+        print(json.dumps(run, indent=2, default=str))
+    else:
+        print(f"run {run['id']}: {run['state']}")
+    return 0
+
+
+def cmd_data_upload(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.gcs import upload_folder
+
+    res = upload_folder(args.local, args.uri, workers=args.workers)
+    print(f"uploaded {len(res.copied)} files ({res.bytes_copied / 1e6:.1f} MB), {len(res.skipped)} unchanged, "
+          f"to {args.uri}")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.gcs import download_prefix
+
+    res = download_prefix(args.uri, args.local, workers=args.workers)
+    print(f"downloaded {len(res.copied)} files ({res.bytes_copied / 1e6:.1f} MB), {len(res.skipped)} unchanged, "
+          f"to {args.local}")
+    return 0
+
+
+def cmd_data_cifake(args: argparse.Namespace) -> int:
+    from photo_detector.data.cifake import prepare_cifake
+
+    res = prepare_cifake(args.out, source=args.source, val_fraction=args.val_fraction, force=args.force)
+    counts = ", ".join(f"{s} {c['real']}+{c['ai_generated']}" for s, c in res.counts.items())
+    print(f"wrote CIFAKE to {res.root} ({counts}; real+ai_generated) from {res.source}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="photo-detector", description=__doc__)
     parser.add_argument("--version", action="version", version=f"photo-detector {__version__}")
@@ -352,6 +429,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--force", action="store_true", help="replace an existing non-empty folder")
     p.set_defaults(func=cmd_data_sample)
+
+    p = dsub.add_parser("upload", help="copy a local folder to gs:// (parallel, checksum-verified, resumable)")
+    p.add_argument("local", type=Path)
+    p.add_argument("uri", help="gs://BUCKET/PATH")
+    p.add_argument("--workers", type=int, default=8)
+    p.set_defaults(func=cmd_data_upload)
+    p = dsub.add_parser("download", help="copy gs://... to a local folder (skips unchanged files)")
+    p.add_argument("uri", help="gs://BUCKET/PATH")
+    p.add_argument("local", type=Path)
+    p.add_argument("--workers", type=int, default=8)
+    p.set_defaults(func=cmd_data_download)
+    p = dsub.add_parser("cifake", help="download CIFAKE and lay it out as train|val|test/{real,ai_generated}")
+    p.add_argument("out", type=Path)
+    p.add_argument("--source", help="a CIFAKE folder already downloaded (train|test/{REAL,FAKE}); default: "
+                                    "download from Hugging Face")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train moved to val (by file hash)")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty folder")
+    p.set_defaults(func=cmd_data_cifake)
 
     p = sub.add_parser("train", help="train, checkpoint and export the model")
     _add_config_args(p)
@@ -437,6 +532,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", action="store_true", help="follow the run until it ends; exit 1 unless it succeeded")
     p.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("schedule", help="recurring pipeline runs (Vertex AI schedules)")
+    ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    p = ssub.add_parser("create", help="run the pipeline on a cron schedule")
+    _add_config_args(p)
+    _add_cloud_args(p, "pipeline_root", "service_account", "kfp_repository")
+    p.add_argument("--cron", required=True, help="5-field cron, e.g. '0 3 * * 1' (Mondays 03:00)")
+    p.add_argument("--time-zone", default="Etc/UTC", help="IANA time zone of the cron (default Etc/UTC)")
+    p.add_argument("--template", default="compiled/training_pipeline.yaml", help="compiled YAML or NAME:TAG")
+    p.add_argument("--display-name")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--max-concurrent-runs", type=int, default=1)
+    p.add_argument("--max-runs", type=int, help="stop after this many runs")
+    p.add_argument("--start-time", help="ISO 8601; default now")
+    p.add_argument("--end-time", help="ISO 8601; default never")
+    p.add_argument("--caching", choices=["on", "off", "default"], default="default")
+    p.set_defaults(func=cmd_schedule)
+    p = ssub.add_parser("list", help="schedules with state, cron and next run")
+    _add_config_args(p)
+    _add_cloud_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule)
+    for action in ("pause", "resume", "delete"):
+        p = ssub.add_parser(action, help=f"{action} a schedule")
+        _add_config_args(p)
+        _add_cloud_args(p)
+        p.add_argument("schedule_id", help="the schedule's id or full resource name")
+        p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("runs", help="recent pipeline runs")
+    rsub = p.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    p = rsub.add_parser("list", help="recent runs, newest first, with state and duration")
+    _add_config_args(p)
+    _add_cloud_args(p)
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+    for action in ("get", "cancel"):
+        p = rsub.add_parser(action, help=f"{action} a run")
+        _add_config_args(p)
+        _add_cloud_args(p)
+        p.add_argument("run_id", help="the run's id or full resource name")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("template", help="pipeline templates in Artifact Registry")
     tsub = p.add_subparsers(dest="template_command", required=True, metavar="ACTION")

@@ -113,6 +113,7 @@ class ThresholdsConfig:
 class GateConfig:
     min_accuracy: float = _f(0.85, lo=0.0, hi=1.0)
     min_f1: float = _f(0.80, lo=0.0, hi=1.0)
+    champion_from_registry: bool = _f(True)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class GcpConfig:
     service_account: str = _f("")
     kfp_repository: str = _f("photo-detector")
     experiment: str = _f("")
+    model_name: str = _f("photo-detector")
 
 
 @dataclass

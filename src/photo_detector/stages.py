@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from photo_detector import CLASS_NAMES
-from photo_detector.config import Config, GateConfig, load_config
+from photo_detector.config import Config, load_config
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.io import write_json_atomic, write_text_atomic
 
@@ -46,6 +46,7 @@ PIPELINE_PARAMETERS: dict[str, str] = {
     "classification_threshold": "thresholds.classification",
     "min_accuracy": "gate.min_accuracy",
     "min_f1": "gate.min_f1",
+    "champion_from_registry": "gate.champion_from_registry",
     "service_name": "deploy.service_name",
     "region": "deploy.region",
     "project": "deploy.project",
@@ -177,12 +178,18 @@ def evaluate(model: Any, dataset: Any, metrics: Any, classification_metrics: Any
 
 
 @_stage("quality-gate")
-def quality_gate(metrics: Any, decision: Any, *, min_accuracy: float, min_f1: float,
-                 champion_metrics: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+def quality_gate(metrics: Any, decision: Any, *, champion_metrics: dict[str, Any],
+                 config_overrides: dict[str, Any], **params: Any) -> tuple[bool, dict[str, Any]]:
     from photo_detector.gate import run_gate
 
-    cfg = GateConfig(min_accuracy=min_accuracy, min_f1=min_f1)
-    result = run_gate(dict(metrics.metadata), cfg, champion_metrics or None)
+    cfg = stage_config(config_overrides, **params)
+    champion = champion_metrics or None
+    if champion is None and cfg.gate.champion_from_registry:
+        from photo_detector.cloud.registry import champion_metrics as registry_champion
+        from photo_detector.cloud.settings import resolve
+
+        champion = registry_champion(resolve(cfg), cfg)
+    result = run_gate(dict(metrics.metadata), cfg.gate, champion)
     write_json_atomic(decision.path, result.to_dict())
     decision.metadata.update({"passed": result.passed, "rule": result.rule,
                               "reasons": [c.reason for c in result.checks]})
@@ -193,8 +200,8 @@ def quality_gate(metrics: Any, decision: Any, *, min_accuracy: float, min_f1: fl
 
 
 @_stage("deploy")
-def deploy(model: Any, deployment: Any, *, dry_run: bool, config_overrides: dict[str, Any],
-           **params: Any) -> tuple[None, dict[str, Any]]:
+def deploy(model: Any, metrics: Any, deployment: Any, *, dry_run: bool, pipeline_run: str,
+           config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
     from photo_detector.cloud.run_service import run_deploy
 
     cfg = stage_config(config_overrides, **params)
@@ -202,5 +209,17 @@ def deploy(model: Any, deployment: Any, *, dry_run: bool, config_overrides: dict
     info = {"service": result.service, "model_version": result.model_version, "dry_run": result.dry_run,
             "url": result.url, "revision": result.revision, "previous_revision": result.previous_revision,
             "changed": result.changed}
+    if result.changed and not dry_run:  # a new model is live: it becomes the registry's champion
+        from photo_detector.cloud.registry import register_version
+        from photo_detector.cloud.settings import resolve
+
+        meta = json.loads((Path(model.path) / "model.json").read_text(encoding="utf-8"))
+        settings = resolve(cfg, {"project": cfg.deploy.project or None})
+        registered = register_version(
+            settings, cfg, artifact_uri=model.uri, serving_image=result.image or "",
+            metrics={k: float(v) for k, v in dict(metrics.metadata).items() if isinstance(v, int | float)},
+            data_digest=meta.get("data_digest", ""), pipeline_run=pipeline_run, model_version=result.model_version)
+        info["registry_model"] = registered["resource_name"]
+        info["registry_version"] = registered["version_id"]
     deployment.metadata.update({k: v for k, v in info.items() if v is not None})
     return None, {**{k: v for k, v in info.items() if v is not None}, "plan": deployment.path}

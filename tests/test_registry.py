@@ -1,0 +1,70 @@
+"""Model Registry: versions of one model, the champion alias, and the gate reading the champion back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fakes import FakeVertex
+
+from photo_detector.cloud.registry import champion_metrics, register_version
+from photo_detector.cloud.settings import resolve
+from photo_detector.config import load_config
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVertex]:
+    api = FakeVertex()
+    server, url = api.serve()
+    monkeypatch.setenv("PHOTO_DETECTOR_VERTEX_ENDPOINT", url)
+    monkeypatch.setenv("PHOTO_DETECTOR_PROJECT", "proj")
+    monkeypatch.setenv("PHOTO_DETECTOR_REGION", "europe-west4")
+    monkeypatch.setenv("PHOTO_DETECTOR_RETRY_BACKOFF", "0")
+    yield api
+    server.shutdown()
+
+
+def register(n: int, acc: float) -> dict:
+    cfg = load_config()
+    return register_version(resolve(cfg), cfg, artifact_uri=f"gs://b/run{n}/model", serving_image="r/serve@sha256:ab",
+                            metrics={"accuracy": acc, "f1": acc - 0.01}, data_digest="sha256:" + "cd" * 32,
+                            pipeline_run=f"photo-detector-training-{n}", model_version=f"m-{n:012d}")
+
+
+def test_no_model_means_no_champion(registry: FakeVertex) -> None:
+    cfg = load_config()
+    assert champion_metrics(resolve(cfg), cfg) is None
+
+
+def test_versions_of_one_model_and_the_champion_alias_moves(registry: FakeVertex) -> None:
+    first = register(1, 0.90)
+    second = register(2, 0.93)
+    assert first["parent"] is None and second["parent"] == first["resource_name"]
+    uploads = registry.calls("POST", r"models:upload$")
+    assert "parentModel" not in uploads[0].body and uploads[1].body["parentModel"] == first["resource_name"]
+    body = uploads[1].body["model"]
+    assert body["displayName"] == "photo-detector" and "champion" in body["versionAliases"]
+    assert body["labels"]["pipeline_run"] == "photo-detector-training-2"
+    assert body["labels"]["data_digest"] == "cd" * 16 and body["containerSpec"]["imageUri"] == "r/serve@sha256:ab"
+    assert json.loads(body["versionDescription"])["metrics"] == {"accuracy": 0.93, "f1": 0.92}
+    versions = registry.state["models"][first["resource_name"]]
+    assert ["champion" in v["versionAliases"] for v in versions] == [False, True]
+    cfg = load_config()
+    assert champion_metrics(resolve(cfg), cfg) == {"accuracy": 0.93, "f1": 0.92}
+
+
+def test_gate_stage_compares_with_the_registry_champion(registry: FakeVertex, tmp_path) -> None:
+    from kfp import dsl
+
+    from photo_detector import stages
+
+    register(1, 0.95)
+    metrics = dsl.Metrics(uri=str(tmp_path / "m"), metadata={"accuracy": 0.93, "f1": 0.92})
+    decision = dsl.Artifact(uri=str(tmp_path / "d"))
+    passed = stages.quality_gate(metrics, decision, champion_metrics={}, config_overrides={}, min_accuracy=0.85,
+                                 min_f1=0.8, champion_from_registry=True)
+    assert passed is False
+    record = json.loads((tmp_path / "d").read_text())
+    assert record["rule"].startswith("absolute thresholds and not worse than the champion")
+    assert any(c["name"] == "champion_accuracy" and not c["passed"] for c in record["checks"])

@@ -1,0 +1,76 @@
+"""schedule create|list|pause|resume|delete and runs list|get|cancel against the Vertex REST fake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_vertex import cli, cloud_env, gcs, vertex  # noqa: F401 - shared fixtures
+
+SCHEDULES = "/v1/projects/proj/locations/europe-west4/schedules"
+
+
+def test_schedule_create_sends_cron_with_time_zone_and_the_run_request(gcs, vertex) -> None:  # noqa: F811
+    api, url = vertex
+    out = cli("schedule", "create", "--cron", "0 3 * * 1", "--time-zone", "Europe/Berlin",
+              "--max-concurrent-runs", "2", "--max-runs", "10", "--start-time", "2026-12-01T00:00:00+01:00",
+              "--end-time", "2027-06-01", "--param", "epochs=5", "--display-name", "weekly", env=cloud_env(gcs, url))
+    assert out.returncode == 0, out.stderr
+    body = api.calls("POST", SCHEDULES + "$")[0].body
+    assert body["cron"] == "TZ=Europe/Berlin 0 3 * * 1" and body["displayName"] == "weekly"
+    assert body["maxConcurrentRunCount"] == "2" and body["maxRunCount"] == "10"
+    assert body["startTime"] == "2026-11-30T23:00:00Z" and body["endTime"] == "2027-06-01T00:00:00Z"
+    request = body["createPipelineJobRequest"]
+    assert request["parent"] == "projects/proj/locations/europe-west4"
+    job = request["pipelineJob"]
+    assert job["runtimeConfig"]["parameterValues"]["epochs"] == 5
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://runs-bucket/root"
+    assert job["pipelineSpec"]["pipelineInfo"]["name"] == "photo-detector-training"
+    assert "created schedule 1000 (weekly)" in out.stdout
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--cron", "0 3 * *"], "must have 5 fields"),
+    (["--cron", "0 3 * * 1", "--time-zone", "Mars/Olympus"], "unknown time zone"),
+    (["--cron", "0 3 * * 1", "--start-time", "2027-01-01", "--end-time", "2026-01-01"], "is not after"),
+    (["--cron", "0 3 * * 1", "--start-time", "next tuesday"], "not an ISO 8601 time"),
+])
+def test_schedule_create_rejects_bad_input_before_sending(gcs, vertex, args: list[str], needle: str) -> None:  # noqa: F811
+    api, url = vertex
+    out = cli("schedule", "create", *args, env=cloud_env(gcs, url))
+    assert out.returncode == 2 and needle in out.stderr and api.requests == []
+
+
+def test_schedule_list_pause_resume_delete(gcs, vertex) -> None:  # noqa: F811
+    api, url = vertex
+    env = cloud_env(gcs, url)
+    assert cli("schedule", "create", "--cron", "0 3 * * *", env=env).returncode == 0
+    listed = cli("schedule", "list", "--json", env=env)
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["state"], r["cron"]) for r in rows] == [("1000", "ACTIVE", "TZ=Etc/UTC 0 3 * * *")]
+    paused = cli("schedule", "pause", "1000", env=env)
+    assert paused.returncode == 0 and "PAUSED" in paused.stdout
+    assert api.calls("POST", r"schedules/1000:pause$")
+    assert "ACTIVE" in cli("schedule", "resume", "1000", env=env).stdout
+    deleted = cli("schedule", "delete", "1000", env=env)
+    assert deleted.returncode == 0 and api.calls("DELETE", r"schedules/1000$")
+    missing = cli("schedule", "pause", "1000", env=env)
+    assert missing.returncode == 2 and "HTTP 404" in missing.stderr
+
+
+def test_runs_list_get_cancel(gcs, vertex) -> None:  # noqa: F811
+    api, url = vertex
+    api.polls_until_done = 0
+    env = cloud_env(gcs, url)
+    out = cli("submit", "--job-id", "run-one", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(cli("runs", "list", "--json", env=env).stdout)
+    assert [r["id"] for r in rows] == ["run-one"]
+    got = json.loads(cli("runs", "get", "run-one", env=env).stdout)
+    assert got["state"] == "PIPELINE_STATE_SUCCEEDED" and got["duration_s"] == 450.0
+    api.polls_until_done = 100
+    cli("submit", "--job-id", "run-two", env=env)
+    cancelled = cli("runs", "cancel", "run-two", env=env)
+    assert cancelled.returncode == 0 and api.calls("POST", r"pipelineJobs/run-two:cancel$")
+    assert "CANCELLING" in cancelled.stdout
+    assert "HTTP 404" in cli("runs", "get", "nope", env=env).stderr
