@@ -45,6 +45,21 @@ class Preprocess:
                    tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
 
 
+def sniff_format(head: bytes) -> str | None:
+    """The image format by its magic bytes (never by a file name): JPEG, PNG, WEBP, GIF, BMP or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM":
+        return "BMP"
+    return None
+
+
 def decode_square(source: str | os.PathLike[str] | bytes | Image.Image, size: int) -> np.ndarray:
     """Step 1: decode, shorter side to `size`, center square. Returns uint8 HWC (size, size, 3)."""
     if isinstance(source, Image.Image):

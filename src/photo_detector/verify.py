@@ -40,6 +40,7 @@ from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.data.packed import MANIFEST, combine_digest
 from photo_detector.errors import DataError
 from photo_detector.io import write_json_atomic, write_text_atomic
+from photo_detector.preprocess import sniff_format
 from photo_detector.progress import progress
 
 log = logging.getLogger(__name__)
@@ -118,20 +119,6 @@ class VerifyResult:
 
 # ---------------------------------------------------------------------------------------------------------
 # Per-file inspection (runs in worker processes)
-
-
-def sniff_format(head: bytes) -> str | None:
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if head[:2] == b"BM":
-        return "BMP"
-    return None
 
 
 _STD_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69,

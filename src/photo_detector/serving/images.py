@@ -12,6 +12,8 @@ import warnings
 
 from PIL import Image
 
+from photo_detector.preprocess import sniff_format
+
 ALLOWED = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
@@ -22,21 +24,11 @@ class ImageRejected(Exception):
         self.message = message
 
 
-def sniff(data: bytes) -> str | None:
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
 def open_image(data: bytes, *, max_pixels: int, draft_size: int) -> Image.Image:
     if not data:
         raise ImageRejected(400, "the file is empty")
-    fmt = sniff(data)
-    if fmt is None:
+    fmt = sniff_format(data[:16])
+    if fmt not in ALLOWED:
         raise ImageRejected(415, "unsupported image format: send JPEG, PNG or WebP bytes")
     try:
         with warnings.catch_warnings():
