@@ -113,6 +113,8 @@ class FakeVertex(FakeAPI):
             return self._schedules(req)
         if "/models" in req.path:
             return self._models(req)
+        if "/metadataStores" in req.path:
+            return self._metadata(req)
         jobs = self.state.setdefault("jobs", {})
         m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/pipelineJobs", req.path)
         if m and req.method == "POST":
@@ -120,8 +122,12 @@ class FakeVertex(FakeAPI):
             name = f"{m.group(1)}/pipelineJobs/{job_id}"
             if name in jobs:
                 return 409, {"error": {"code": 409, "message": f"{name} exists", "status": "ALREADY_EXISTS"}}
+            context = {"name": f"{m.group(1)}/metadataStores/default/contexts/{job_id}",
+                       "schemaTitle": "system.PipelineRun", "schemaVersion": "0.0.1", "displayName": job_id}
+            self.state.setdefault("contexts", {})[context["name"]] = context
             jobs[name] = {**req.body, "name": name, "state": "PIPELINE_STATE_PENDING",
-                          "createTime": "2026-11-25T10:00:00Z", "_polls": 0}
+                          "createTime": "2026-11-25T10:00:00Z", "_polls": 0,
+                          "jobDetail": {"pipelineRunContext": context}}
             return 200, _public(jobs[name])
         if m and req.method == "GET":
             return 200, {"pipelineJobs": [_public(j) for j in jobs.values()]}
@@ -207,6 +213,32 @@ def _models_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
 
 
 FakeVertex._models = _models_route  # type: ignore[attr-defined]
+
+
+def _metadata_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
+    """Vertex ML Metadata, as far as Experiments need it: the default store, contexts, context children."""
+    contexts = self.state.setdefault("contexts", {})
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/metadataStores/default", req.path)
+    if m:
+        return 200, {"name": req.path.removeprefix("/v1/")}
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/metadataStores/default)/contexts", req.path)
+    if m and req.method == "POST":
+        name = f"{m.group(1)}/contexts/{req.query['contextId'][0]}"
+        if name in contexts:
+            return 409, {"error": {"code": 409, "message": f"{name} exists", "status": "ALREADY_EXISTS"}}
+        contexts[name] = {**req.body, "name": name, "createTime": "2026-11-25T10:00:00Z"}
+        return 200, contexts[name]
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/metadataStores/default/contexts/[^/:]+)"
+                     r"(:addContextChildren)?", req.path)
+    if m and m.group(1) in contexts:
+        if m.group(2):
+            contexts[m.group(1)].setdefault("_children", []).extend(req.body.get("childContexts", []))
+            return 200, {}
+        return 200, {k: v for k, v in contexts[m.group(1)].items() if not k.startswith("_")}
+    return 404, {"error": {"code": 404, "message": f"{req.path} not found", "status": "NOT_FOUND"}}
+
+
+FakeVertex._metadata = _metadata_route  # type: ignore[attr-defined]
 
 
 def _public(job: dict[str, Any]) -> dict[str, Any]:

@@ -188,3 +188,14 @@ def test_compiled_spec_default_template_path_is_the_checked_in_file(gcs: str, ve
         return json.loads(json.dumps(d), parse_int=float)
 
     assert norm(sent["root"]) == norm(load_spec(COMPILED)["root"])
+
+
+def test_runs_can_be_attached_to_an_experiment(gcs: str, vertex) -> None:
+    api, url = vertex
+    out = cli("submit", "--job-id", "exp-run-1", "--experiment", "detector-tuning", env=cloud_env(gcs, url))
+    assert out.returncode == 0, out.stderr
+    experiment = api.state["contexts"]["projects/proj/locations/europe-west4/metadataStores/default/contexts/"
+                                       "detector-tuning"]
+    assert experiment["schemaTitle"] == "system.Experiment"
+    assert experiment["_children"] == [
+        "projects/proj/locations/europe-west4/metadataStores/default/contexts/exp-run-1"]
