@@ -199,3 +199,16 @@ def test_runs_can_be_attached_to_an_experiment(gcs: str, vertex) -> None:
     assert experiment["schemaTitle"] == "system.Experiment"
     assert experiment["_children"] == [
         "projects/proj/locations/europe-west4/metadataStores/default/contexts/exp-run-1"]
+
+
+def test_server_errors_are_retried_and_a_persistent_one_reads_clearly(gcs: str, vertex) -> None:
+    api, url = vertex
+    env = {**cloud_env(gcs, url), "PHOTO_DETECTOR_RETRY_BACKOFF": "0"}
+    api.fail("POST", r"/pipelineJobs$", 503, times=2)
+    assert cli("submit", env=env).returncode == 0
+    assert len(api.calls("POST", r"/pipelineJobs$")) == 3
+    api.fail("POST", r"/pipelineJobs$", 500, times=10)
+    out = cli("submit", env=env)
+    assert out.returncode == 2 and "HTTP 500" in out.stderr and "Traceback" not in out.stderr
+    assert len(api.calls("POST", r"/pipelineJobs$")) == 3 + 4, "four attempts, then a clear error"
+    assert len(api.state["jobs"]) == 1, "nothing half-created by the failed submit"
