@@ -124,8 +124,8 @@ def test_layout_accepts_every_extension_in_any_case(tmp_path: Path) -> None:
 def test_store_size_follows_the_data(tmp_path: Path) -> None:
     _make_layout(tmp_path, {"train/real/a.png": _png(size=(32, 48)), "train/ai_generated/b.png": _png(size=(30, 30))})
     files = discover_split(tmp_path, "train")
-    assert store_size_for(files, 256) == 32  # never upscale into the store
-    assert store_size_for(files, 24) == 24
+    assert store_size_for(files.paths, 256) == 32  # never upscale into the store
+    assert store_size_for(files.paths, 24) == 24
 
 
 def test_unreadable_image_is_named(tmp_path: Path) -> None:

@@ -35,6 +35,12 @@ def onnx_probabilities(session: Any, inputs: np.ndarray, batch_size: int = 64) -
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
+def content_version(onnx_path: str | Path) -> str:
+    """The model's version from its bytes: the same export always gets the same version, so re-deploying it
+    changes nothing."""
+    return "m-" + hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()[:12]
+
+
 @dataclass
 class LoadedModel:
     """A model folder ready to run: metadata, preprocessing, session and a content-derived version."""
@@ -50,9 +56,8 @@ class LoadedModel:
         model_dir = Path(model_dir)
         meta = read_metadata(model_dir)
         onnx_path = model_dir / meta["model_file"]
-        version = "m-" + hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:12]
         return cls(model_dir, meta, Preprocess.from_dict(meta["preprocess"]), onnx_session(onnx_path, threads),
-                   version)
+                   content_version(onnx_path))
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         return onnx_probabilities(self.session, inputs)

@@ -36,8 +36,7 @@ def write_smoke_images(model_dir: str | Path, images: np.ndarray, labels: np.nda
     from photo_detector.preprocess import to_model_input
 
     model = LoadedModel.load(model_dir)
-    threshold = float(model.metadata.get("thresholds", {}).get("classification", 0.5)) \
-        if "thresholds" in model.metadata else 0.5
+    threshold = float(model.metadata.get("thresholds", {}).get("classification", 0.5))
     out: dict[str, Any] = {}
     for label, name in enumerate(CLASS_NAMES):
         idx = np.flatnonzero(labels == label)[:limit_per_class]

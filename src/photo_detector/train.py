@@ -197,7 +197,7 @@ def _load_data(data_dir: Path, cfg: Config) -> tuple[ImageStore, ImageStore, int
     splits = {s: discover_split(data_dir, s) for s in ("train", "val")}
     if (data_dir / "test").is_dir():
         splits["test"] = discover_split(data_dir, "test")
-    size = store_size_for(splits["train"], resize)
+    size = store_size_for(splits["train"].paths, resize)
     return (load_store(splits["train"], size, cfg.data.num_workers),
             load_store(splits["val"], size, cfg.data.num_workers), size, dataset_digest(data_dir, splits))
 

@@ -38,6 +38,7 @@ from photo_detector import CLASS_NAMES, SPLITS
 from photo_detector.config import Config
 from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.data.packed import MANIFEST, combine_digest
+from photo_detector.data.store import store_size_for, worker_count
 from photo_detector.errors import DataError
 from photo_detector.io import write_json_atomic, write_text_atomic
 from photo_detector.preprocess import sniff_format
@@ -382,8 +383,8 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
     files = _walk(root, findings)
     out.mkdir(parents=True, exist_ok=True)
     resize = cfg.data.resize_size
-    size = _probe_store_size([f for f in files if f.split == "train"], resize)
-    workers = cfg.verify.workers or (os.cpu_count() or 1)
+    size = store_size_for((f.path for f in files if f.split == "train"), resize, skip_unreadable=True)
+    workers = worker_count(cfg.verify.workers)
     packed = _open_packed(out, files, size)
     position = {s: 0 for s in PACKED_SPLITS}
     jobs = [(str(f.path), size, cfg.verify.max_image_pixels) for f in files]
@@ -432,22 +433,6 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
                         f"fix the files named in {out / REPORT_JSON}")
     _close_packed(out, packed, position, root, digest, resize, size, cfg)
     return result
-
-
-def _probe_store_size(train: list[_File], resize: int) -> int:
-    """The packed square side: min(resize size, largest shorter side of the training images) (header reads)."""
-    from PIL import Image
-
-    largest = 0
-    for f in train:
-        try:
-            with Image.open(f.path) as img:
-                largest = max(largest, min(img.size))
-        except Exception:  # unreadable files are reported by the full decode
-            continue
-        if largest >= resize:
-            return resize
-    return max(1, min(largest or resize, resize))
 
 
 def _open_packed(out: Path, files: list[_File], size: int) -> dict[str, tuple[Any, np.ndarray, list[str]]]:

@@ -23,6 +23,7 @@ from typing import Any
 from photo_detector.artifacts import read_metadata
 from photo_detector.cloud.run_service import image_uri, model_version, service_body, service_name
 from photo_detector.cloud.settings import Settings
+from photo_detector.cloud.vertex import api_error, with_retries
 from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
 
@@ -93,17 +94,6 @@ def _short(revision: str | None) -> str | None:
     return revision.rsplit("/", 1)[-1] if revision else None
 
 
-def _call(action: str, fn: Any) -> Any:
-    from google.api_core import exceptions as gexc
-
-    from photo_detector.cloud.vertex import api_error, with_retries
-
-    try:
-        return with_retries(action, fn)
-    except gexc.GoogleAPICallError as exc:  # pragma: no cover - with_retries converts these
-        raise api_error(action, exc) from None
-
-
 def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settings, *, api_key: str,
             smoke_ready_timeout: float = 180.0, operation_timeout: float = 900.0) -> RolloutResult:
     from google.api_core import exceptions as gexc
@@ -123,8 +113,6 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
     except gexc.NotFound:
         current = None
     except gexc.GoogleAPICallError as exc:
-        from photo_detector.cloud.vertex import api_error
-
         raise api_error(f"reading service {name}", exc) from None
     previous = _short(current.latest_ready_revision) if current else None
     live = {(_short(t.revision) or previous): t.percent for t in (current.traffic_statuses if current else [])
@@ -145,7 +133,7 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
     if already_created:  # an earlier attempt created it (e.g. its smoke test failed): reuse, do not duplicate
         body["template"] = json.loads(run_v2.RevisionTemplate.to_json(current.template))
     service = run_v2.Service.from_json(json.dumps({**body, "name": name, "traffic": traffic}))
-    op = _call(f"updating {name}", lambda: client.update_service(
+    op = with_retries(f"updating {name}", lambda: client.update_service(
         request=run_v2.UpdateServiceRequest(service=service, allow_missing=True)))
     candidate = op.result(timeout=operation_timeout)
     tag_url = next((t.uri for t in candidate.traffic_statuses if t.tag == version and t.uri), None)
@@ -157,7 +145,7 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
 
     final = run_v2.Service.from_json(run_v2.Service.to_json(candidate))
     final.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=revision, percent=100)]
-    op = _call(f"moving traffic of {name} to {revision}", lambda: client.update_service(
+    op = with_retries(f"moving traffic of {name} to {revision}", lambda: client.update_service(
         request=run_v2.UpdateServiceRequest(service=final)))
     done = op.result(timeout=operation_timeout)
     log.info("%s now serves %s (previous: %s) at %s", name, revision, previous, done.uri)

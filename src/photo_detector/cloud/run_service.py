@@ -6,7 +6,6 @@ Manager secret (hashed values), never from the spec.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 from photo_detector.artifacts import read_metadata
 from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
+from photo_detector.inference import content_version
 from photo_detector.io import write_json_atomic
 
 SERVICE_PORT = 8080
@@ -28,17 +28,17 @@ def image_uri(cfg: Config, stage: str) -> str:
 
 
 def model_version(model_dir: str | Path) -> str:
-    """Content-derived version: the same exported model always gets the same version (no duplicate rollouts)."""
-    meta = read_metadata(model_dir)
-    h = hashlib.sha256((Path(model_dir) / meta["model_file"]).read_bytes())
-    return "m-" + h.hexdigest()[:12]  # the same rule as inference.LoadedModel.version
+    """The model folder's content-derived version (what the service reports and revisions are named after)."""
+    return content_version(Path(model_dir) / read_metadata(model_dir)["model_file"])
 
 
-def resolve_project(project: str) -> str:
+def resolve_project(project: str, *, required: bool = True) -> str | None:
     """An explicit project, else the one the pipeline or CLI runs in (Vertex sets CLOUD_ML_PROJECT_ID)."""
     for value in (project, os.environ.get("CLOUD_ML_PROJECT_ID"), os.environ.get("GOOGLE_CLOUD_PROJECT")):
         if value:
             return value
+    if not required:
+        return None
     raise PhotoDetectorError("no Google Cloud project for the deploy stage",
                              "set the pipeline parameter project / config key deploy.project, "
                              "or GOOGLE_CLOUD_PROJECT")
@@ -104,8 +104,7 @@ def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: b
     """Dry run: write the service that would be applied to `plan_path`. Otherwise: the safe rollout
     (no-traffic revision, smoke test, then all traffic), with the plan written first for the record."""
     version = model_version(model_dir)
-    project = cfg.deploy.project or (os.environ.get("CLOUD_ML_PROJECT_ID") or os.environ.get("GOOGLE_CLOUD_PROJECT")
-                                     or ("PROJECT" if dry_run else resolve_project("")))
+    project = resolve_project(cfg.deploy.project, required=not dry_run) or "PROJECT"  # a placeholder in a plan
     name = service_name(cfg, project)
     body = service_body(cfg, model_uri=model_uri, version=version, project=project)
     plan = {"dry_run": dry_run, "method": "UpdateService", "allow_missing": True, "name": name,

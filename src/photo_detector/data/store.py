@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,21 +40,27 @@ class ImageStore:
         return int(self.images.shape[1])
 
 
-def store_size_for(files: SplitFiles, resize_size: int) -> int:
-    """min(resize_size, largest shorter side): never store more pixels than the data or the model has."""
+def store_size_for(paths: Iterable[Path], resize_size: int, *, skip_unreadable: bool = False) -> int:
+    """min(resize_size, largest shorter side): never store more pixels than the data or the model has.
+
+    Header reads only. `skip_unreadable` is for verify-data, whose full decode reports such files itself.
+    """
     largest = 0
-    for path in files.paths:
+    for path in paths:
         try:
             with Image.open(path) as img:
                 largest = max(largest, min(img.size))
-        except (OSError, UnidentifiedImageError) as exc:
+        except Exception as exc:  # Pillow raises many types on broken files
+            if skip_unreadable:
+                continue
             raise DataError(f"cannot read image {path}: {exc}", "remove or replace the file") from None
         if largest >= resize_size:
             return resize_size
-    return min(largest, resize_size)
+    return min(largest, resize_size) if largest else resize_size
 
 
-def _workers(num_workers: int) -> int:
+def worker_count(num_workers: int) -> int:
+    """A configured worker count; 0 means one per core."""
     return num_workers if num_workers > 0 else (os.cpu_count() or 1)
 
 
@@ -68,7 +75,7 @@ def load_store(files: SplitFiles, size: int, num_workers: int = 0) -> ImageStore
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot decode image {path}: {exc}", "remove or replace the file") from None
 
-    with ThreadPoolExecutor(_workers(num_workers)) as pool, \
+    with ThreadPoolExecutor(worker_count(num_workers)) as pool, \
             progress(total=len(files), desc=f"decode {files.split}", unit="img") as bar:
         for _ in pool.map(decode, range(len(files))):
             bar.update(1)
