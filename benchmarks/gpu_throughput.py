@@ -15,6 +15,7 @@ from photo_detector.config import load_config
 from photo_detector.data.augment import BatchAugment, uint8_nchw
 from photo_detector.model import build_model
 from photo_detector.preprocess import Preprocess
+from photo_detector.train import make_optimizer
 
 
 def run(amp: bool, channels_last: bool, batch: int, steps: int) -> float:
@@ -23,7 +24,7 @@ def run(amp: bool, channels_last: bool, batch: int, steps: int) -> float:
     model = build_model(cfg.model, load_pretrained=False).to(dev).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    opt = make_optimizer(list(model.parameters()), cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     pp = Preprocess(256, 256, 224)
     aug = BatchAugment(cfg.augmentation, pp, torch.Generator(device=dev).manual_seed(0))
@@ -32,7 +33,7 @@ def run(amp: bool, channels_last: bool, batch: int, steps: int) -> float:
     loss_fn = nn.BCEWithLogitsLoss()
 
     def step(i: int) -> None:
-        x = aug(store[(i % 4) * batch:((i % 4) + 1) * batch], channels_last=channels_last)
+        x = aug(store, channels_last=channels_last, index=torch.arange((i % 4) * batch, (i % 4 + 1) * batch))
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)

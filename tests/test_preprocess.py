@@ -136,3 +136,28 @@ def test_upscaling_store_uses_bilinear_like_the_eval_path() -> None:
     got = _aug(NO_AUG, pp)(x).numpy()
     want = eval_transform(x, pp).numpy()
     assert np.max(np.abs(got - want)) <= RESAMPLE_TOL
+
+
+@pytest.mark.parametrize("crop", [32, 30, 31])  # pixel counts divisible by 8, by 4 only, by nothing
+def test_blocked_colour_map_equals_the_per_pixel_affine_map(crop: int) -> None:
+    """The block-diagonal fast path computes exactly the per-pixel colour + normalisation map."""
+    pp = Preprocess(40, 40, crop)
+    cfg = AugmentationConfig(color_jitter=ColorJitterConfig(0.3, 0.3, 0.3, 0.1))
+    x = torch.randint(0, 256, (5, crop * crop, 3), generator=torch.Generator().manual_seed(3)).float()
+    got = _aug(cfg, pp, seed=9)._colour_normalise(x)
+
+    m, contrast_w = _aug(cfg, pp, seed=9)._colour_maps(5)  # the same draws
+    mean, std = torch.tensor(pp.mean), torch.tensor(pp.std)
+    gray = torch.tensor([0.299, 0.587, 0.114])
+    rgb = torch.einsum("noi,npi->npo", m, x / 255.0) + (contrast_w * (x.mean(1) @ gray / 255.0)).view(5, 1, 1)
+    want = torch.minimum(torch.maximum((rgb - mean) / std, -mean / std), (1 - mean) / std)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("store_size", [40, 20])  # gather at 1:1 scale, bilinear upscaling
+def test_reading_the_batch_in_place_equals_copying_it_out(store_size: int) -> None:
+    pp = Preprocess(store_size, 40, 32)
+    store = _batch(10, store_size)
+    idx = torch.tensor([7, 2, 2, 9])
+    torch.testing.assert_close(_aug(AugmentationConfig(), pp, seed=4)(store, index=idx),
+                               _aug(AugmentationConfig(), pp, seed=4)(store[idx]), atol=0, rtol=0)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import logging
 import math
@@ -72,6 +73,23 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep large freed blocks for reuse instead of unmapping them; True when applied.
+
+    Why: each batch-sized tensor (38 MB for 64 x 224 x 224 x 3 float) is above glibc's mmap threshold, so it
+    is mapped afresh and page-faulted on first touch every step; on 2 cores that was ~40% of the batched
+    augmentation time. Kept blocks are reused at no cost; the price is that the process holds its peak
+    heap, the same trade jemalloc/tcmalloc (the usual PyTorch CPU advice) make. Process-wide; a no-op where
+    the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def cpu_has_amx() -> bool:
     probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
@@ -91,7 +109,13 @@ def select_precision(precision: str, device: torch.device) -> torch.dtype | None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Schedule and metrics
+# Optimiser, schedule and metrics
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: Config) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA): one pass over all parameters instead of a loop over
+    EfficientNet's ~200 tensors; +6% img/s per CPU train step at the sample profile's size."""
+    return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay, fused=True)
 
 
 def lr_lambda(step: int, *, steps_per_epoch: int, cfg: Config) -> float:
@@ -215,6 +239,8 @@ class _Trainer:
                             "BatchNorm needs at least 2 training images")
         self.pp = Preprocess(store_size, cfg.data.resize_size, cfg.data.image_size,
                              tuple(cfg.data.mean), tuple(cfg.data.std))  # type: ignore[arg-type]
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.train_x = self._to_device(self.train_store)
         self.val_x = self._to_device(self.val_store)
         self.train_y = torch.from_numpy(self.train_store.labels).float()
@@ -243,8 +269,7 @@ class _Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate,
-                                           weight_decay=cfg.train.weight_decay)
+        self.optimizer = make_optimizer(params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, steps_per_epoch=self.steps_per_epoch, cfg=cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype is torch.float16)
@@ -264,9 +289,12 @@ class _Trainer:
         bar = progress(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch")
         for step in range(self.steps_per_epoch):
             idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
-            xb = self.train_x[idx.to(self.train_x.device)].to(self.device, non_blocking=True)
             yb = self.train_y[idx].to(self.device, non_blocking=True)
-            inputs = self.augment(xb, channels_last=self.channels_last)
+            if self.train_x.device == self.device:  # augment reads the batch from the store in place
+                inputs = self.augment(self.train_x, channels_last=self.channels_last, index=idx)
+            else:  # pinned host store: copy the batch over, then augment on the GPU
+                xb = self.train_x[idx].to(self.device, non_blocking=True)
+                inputs = self.augment(xb, channels_last=self.channels_last)
             with self._autocast():
                 logits = self.model(inputs).float()
                 loss = self.loss_fn(logits, yb)
