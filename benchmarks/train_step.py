@@ -25,9 +25,7 @@ def bench(cfg, channels_last: bool, dtype: torch.dtype | None, steps: int, repea
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    params = list(model.parameters())
-    opt = make_optimizer(params, cfg) if fused else torch.optim.AdamW(params, lr=cfg.train.learning_rate,
-                                                                      weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(list(model.parameters()), cfg, fused=fused)
     loss_fn = nn.BCEWithLogitsLoss()
 
     def run() -> int:

@@ -30,8 +30,9 @@ def spatial_means_as_pooling(onnx_file: str | Path) -> int:
 
     model = onnx.load(str(onnx_file))
     graph = model.graph
-    known = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    known.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+    # Tensors an axes input may name, converted only when read (the initializers hold all the weights).
+    known = {i.name: i for i in graph.initializer}
+    known.update({n.output[0]: n.attribute[0].t for n in graph.node
                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     inferred = shape_inference.infer_shapes(model).graph
     rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]}
@@ -40,7 +41,8 @@ def spatial_means_as_pooling(onnx_file: str | Path) -> int:
         if node.op_type != "ReduceMean" or rank.get(node.input[0]) != 4:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        axes = attrs.get("axes", known.get(node.input[1]) if len(node.input) > 1 else None)
+        axes_tensor = known.get(node.input[1]) if len(node.input) > 1 else None
+        axes = attrs.get("axes", None if axes_tensor is None else numpy_helper.to_array(axes_tensor))
         if attrs.get("keepdims", 1) != 1 or axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
             continue
         graph.node.remove(node)
