@@ -7,7 +7,7 @@ from typing import Any
 
 from kfp import dsl
 
-from photo_detector.cloud.run_service import image_uri
+from photo_detector.cloud.naming import image_uri
 from photo_detector.config import Config, load_config
 
 # Component name -> image (and package extra) it runs in.
@@ -20,14 +20,16 @@ STAGE_IMAGES: dict[str, str] = {
 }
 
 
-def stage_component(image: str, cfg: Config | None = None) -> Callable[[Callable[..., Any]], Any]:
+def stage_component(image: str, cfg: Config | None = None,
+                    project: str | None = None) -> Callable[[Callable[..., Any]], Any]:
     """Decorator: a lightweight component whose base_image is `image`'s URI from the config."""
     def wrap(func: Callable[..., Any]) -> Any:
-        return dsl.component(func, base_image=image_uri(cfg or load_config(), image), install_kfp_package=False)
+        return dsl.component(func, base_image=image_uri(cfg or load_config(), image, project),
+                             install_kfp_package=False)
     return wrap
 
 
-def rebuild(component: Any, cfg: Config) -> Any:
+def rebuild(component: Any, cfg: Config, project: str | None = None) -> Any:
     """The same component with the images of `cfg` (e.g. tagged with a commit by cloudbuild)."""
     image = STAGE_IMAGES[component.name]
-    return stage_component(image, cfg)(component.python_func)
+    return stage_component(image, cfg, project)(component.python_func)

@@ -10,6 +10,7 @@ def deploy(
     model: Input[Model],
     metrics: Input[Metrics],
     deployment: Output[Artifact],
+    serve_image: str,
     service_name: str,
     region: str,
     project: str,
@@ -18,8 +19,9 @@ def deploy(
     config_overrides: dict,
 ):
     """Runs only under the gate's dsl.If; `deployment` records the service, revisions, model version and the
-    registry version the model became (with `metrics`, the evaluation the gate passed)."""
+    registry version the model became (with `metrics`, the evaluation the gate passed). `serve_image` is fixed
+    at compile time to the serve image of the same build, so the spec shows what will be rolled out."""
     from photo_detector import stages
 
-    stages.deploy(model, metrics, deployment, dry_run=dry_run, pipeline_run=pipeline_run,
+    stages.deploy(model, metrics, deployment, serve_image=serve_image, dry_run=dry_run, pipeline_run=pipeline_run,
                   config_overrides=config_overrides, service_name=service_name, region=region, project=project)

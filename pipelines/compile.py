@@ -10,8 +10,9 @@ from photo_detector.io import atomic_path
 DEFAULT_OUTPUT = Path("compiled") / "training_pipeline.yaml"
 
 
-def compile_pipeline(cfg: Config, output: str | Path = DEFAULT_OUTPUT) -> Path:
-    """Compile the DAG bound to `cfg` (images, resources, parameter defaults) to `output`."""
+def compile_pipeline(cfg: Config, output: str | Path = DEFAULT_OUTPUT, project: str | None = None) -> Path:
+    """Compile the DAG bound to `cfg` (images, resources, parameter defaults) to `output`. Names derived from
+    the project (registry, data bucket) use `project`, or the placeholder PROJECT_ID when it is None."""
     from kfp import compiler
 
     from photo_detector.pipelines.training_pipeline import build_pipeline
@@ -20,7 +21,7 @@ def compile_pipeline(cfg: Config, output: str | Path = DEFAULT_OUTPUT) -> Path:
     with atomic_path(output) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")  # kfp picks the format from the suffix
         try:
-            compiler.Compiler().compile(build_pipeline(cfg), str(yaml_tmp))
+            compiler.Compiler().compile(build_pipeline(cfg, project), str(yaml_tmp))
             yaml_tmp.replace(tmp)
         finally:
             yaml_tmp.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ from typing import Any
 
 from kfp import dsl
 
+from photo_detector.cloud.naming import data_uri as default_data_uri
+from photo_detector.cloud.naming import image_uri
 from photo_detector.components._factory import rebuild
 from photo_detector.components.deploy import deploy
 from photo_detector.components.evaluate import evaluate
@@ -21,16 +23,18 @@ DESCRIPTION = ("Detector of AI-generated product photos: verify the data, train 
                "evaluate the exported ONNX model, gate on accuracy/F1, deploy to Cloud Run.")
 
 
-def build_pipeline(cfg: Config | None = None) -> Any:
-    """The pipeline bound to `cfg`: its images, the train task's resources and every parameter default."""
+def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any:
+    """The pipeline bound to `cfg` (and `project`, for derived names): its images, the train task's resources
+    and every parameter default."""
     cfg = cfg or load_config()
+    serve_image = image_uri(cfg, "serve", project)
     verify_op, train_op, evaluate_op, gate_op, deploy_op = (
-        rebuild(c, cfg) for c in (verify_data, train, evaluate, quality_gate, deploy))
+        rebuild(c, cfg, project) for c in (verify_data, train, evaluate, quality_gate, deploy))
     p, d = cfg.pipeline, cfg.deploy
 
     @dsl.pipeline(name=p.name, description=DESCRIPTION)
     def training_pipeline(
-        data_uri: str = p.data_uri,
+        data_uri: str = default_data_uri(cfg, project),
         seed: int = cfg.seed,
         image_size: int = cfg.data.image_size,
         batch_size: int = cfg.data.batch_size,
@@ -79,7 +83,7 @@ def build_pipeline(cfg: Config | None = None) -> Any:
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"), \
                 dsl.If(auto_deploy == True, name="auto-deploy"):  # noqa: E712 - kfp conditions, not Python bools
             deployed = deploy_op(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
-                                 service_name=service_name, region=region, project=project,
+                                 serve_image=serve_image, service_name=service_name, region=region, project=project,
                                  dry_run=deploy_dry_run, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                  config_overrides=config_overrides)
             # Never cached: a cache hit would report a rollout that did not happen.

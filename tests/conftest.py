@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network: there
 from photo_detector.config import Config, load_config
 from photo_detector.data.sample import generate_sample
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Names derived from the project stay deterministic: the checked-in spec is compiled without one."""
+    for var in ("PHOTO_DETECTOR_PROJECT", "CLOUD_ML_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"):
+        os.environ.pop(var, None)
+
+
 TINY = {
     "data.image_size": 32, "data.crop_pct": 0.8, "data.batch_size": 16, "data.num_workers": 2,
     "model.pretrained": False, "model.hidden_dim": 32,

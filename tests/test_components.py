@@ -98,6 +98,9 @@ def test_quality_gate_component(kfp_local: Path, tmp_path: Path, metrics: dict, 
     assert p().output is passed
 
 
+SERVE = "europe-west4-docker.pkg.dev/proj-1/photo-detector-images/serve:c0ffee1"
+
+
 def test_deploy_component_writes_the_exact_service_in_a_dry_run(kfp_local: Path, trained_dir: Path,
                                                                 tmp_path: Path) -> None:
     (tmp_path / "m").write_text("{}")
@@ -107,7 +110,7 @@ def test_deploy_component_writes_the_exact_service_in_a_dry_run(kfp_local: Path,
         model = dsl.importer(artifact_uri=str(trained_dir), artifact_class=dsl.Model)
         metrics = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics,
                                metadata={"accuracy": 0.9, "f1": 0.9})
-        return deploy(model=model.output, metrics=metrics.output, service_name="detector-test",
+        return deploy(model=model.output, metrics=metrics.output, serve_image=SERVE, service_name="detector-test",
                       region="europe-west4", project="proj-1", dry_run=True, pipeline_run="run-1",
                       config_overrides={}).outputs["deployment"]
 
@@ -115,7 +118,7 @@ def test_deploy_component_writes_the_exact_service_in_a_dry_run(kfp_local: Path,
     plan = json.loads(Path(out.path).read_text())
     assert plan["dry_run"] is True and plan["name"] == "projects/proj-1/locations/europe-west4/services/detector-test"
     container = plan["service"]["template"]["containers"][0]
-    assert container["image"].endswith("/serve:0.1.0")
+    assert container["image"] == SERVE and out.metadata["serve_image"] == SERVE
     env = {e["name"]: e for e in container["env"]}
     assert env["PHOTO_DETECTOR_MODEL_URI"]["value"] == str(trained_dir)
     assert env["PHOTO_DETECTOR_API_KEY_HASHES"]["valueSource"]["secretKeyRef"]["secret"] == "photo-detector-api-keys"

@@ -9,6 +9,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from photo_detector.cloud.naming import data_uri, image_registry
 from photo_detector.config import load_config
 from photo_detector.pipelines.compile import DEFAULT_OUTPUT, compile_pipeline, load_spec
 from photo_detector.stages import PIPELINE_PARAMETERS, stage_config
@@ -84,8 +85,9 @@ def test_each_stage_has_its_own_image(spec: dict) -> None:
     executors = spec["deploymentSpec"]["executors"]
     images = {name: e["container"]["image"] for name, e in executors.items() if "container" in e}
     assert len(images) == len(STAGES) and len(set(images.values())) == len(STAGES)
-    assert all(i.startswith(cfg.images.registry + "/") and i.endswith(":" + cfg.images.tag)
+    assert all(i.startswith(image_registry(cfg) + "/") and i.endswith(":" + cfg.images.tag)
                for i in images.values())
+    assert image_registry(cfg) == "us-central1-docker.pkg.dev/PROJECT_ID/photo-detector-images"
     for e in executors.values():
         if "container" in e:
             assert "pip install" not in " ".join(e["container"]["command"]), "images carry the dependencies"
@@ -118,7 +120,9 @@ def test_parameters_carry_the_config_names_and_defaults(spec: dict) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     for name, key in PIPELINE_PARAMETERS.items():
         assert name in params, f"pipeline parameter {name} ({key}) is missing"
-        assert params[name]["defaultValue"] == cfg.get(key), name
+        want = data_uri(cfg) if name == "data_uri" else cfg.get(key)  # "" in the config = derived
+        assert params[name]["defaultValue"] == want, name
+    assert params["data_uri"]["defaultValue"] == "gs://PROJECT_ID-photo-detector-data/cifake"
     assert params["epochs"]["defaultValue"] == 15 and params["batch_size"]["defaultValue"] == 64
     assert (params["min_accuracy"]["defaultValue"], params["min_f1"]["defaultValue"]) == (0.85, 0.80)
 
@@ -129,6 +133,21 @@ def test_compile_with_another_registry_and_tag_changes_only_images(tmp_path: Pat
     images = [e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e]
     assert sorted(images) == sorted(f"europe-docker.pkg.dev/p/r/{s}:abc123"
                                     for s in ("verify", "train", "evaluate", "gate", "deploy"))
+    deploy = doc["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
+    assert deploy["inputs"]["parameters"]["serve_image"]["runtimeValue"]["constant"] == \
+        "europe-docker.pkg.dev/p/r/serve:abc123", "the deploy task rolls out the serve image of the same build"
+
+
+def test_compile_for_a_project_names_only_that_project(tmp_path: Path) -> None:
+    cfg = load_config(None, {"images.tag": "c0ffee1", "gcp.region": "europe-west4"})
+    text = compile_pipeline(cfg, tmp_path / "p.yaml", project="my-proj").read_text()
+    doc = yaml.safe_load(text)
+    images = {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e}
+    assert images == {f"europe-west4-docker.pkg.dev/my-proj/photo-detector-images/{s}:c0ffee1"
+                      for s in ("verify", "train", "evaluate", "gate", "deploy")}
+    assert doc["root"]["inputDefinitions"]["parameters"]["data_uri"]["defaultValue"] == \
+        "gs://my-proj-photo-detector-data/cifake"
+    assert "PROJECT_ID" not in text and "photo-detector-prod" not in text
 
 
 def test_struct_parameters_arrive_as_doubles_and_are_coerced() -> None:

@@ -24,12 +24,14 @@ from photo_detector.smoke import SmokeTestFailed
 KEY = "smoke-key"
 SERVICE = "projects/proj/locations/europe-west4/services/detector"
 DIGEST = "sha256:" + "ab" * 32
+SERVE_IMAGE = "europe-west4-docker.pkg.dev/proj/photo-detector-images/serve:c0ffee1"  # what the build produced
 
 
 @pytest.fixture
 def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCloudRun]:
     run, registry = FakeCloudRun(), FakeDockerRegistry()
-    registry.digests["photo-detector-prod/photo-detector/serve:0.1.0"] = DIGEST
+    registry.digests["proj/photo-detector-images/serve:c0ffee1"] = DIGEST
+    registry.digests["proj/photo-detector-images/serve:0.1.0"] = DIGEST  # the CLI's: derived from --project
     run_server, run_url = run.serve()
     reg_server, reg_url = registry.serve()
     monkeypatch.setenv("PHOTO_DETECTOR_RUN_ENDPOINT", run_url)
@@ -62,6 +64,10 @@ def settings():
     return resolve(cfg())
 
 
+def roll(model: Path, uri: str, **kwargs):
+    return rollout(model, uri, cfg(), settings(), serve_image=SERVE_IMAGE, api_key=KEY, **kwargs)
+
+
 def existing(run: FakeCloudRun, revision: str = "detector-old") -> None:
     run.state["services"] = {SERVICE: {
         "name": SERVICE, "uri": "https://detector-x.a.run.app", "revisions": [revision],
@@ -79,14 +85,14 @@ def live_traffic(run: FakeCloudRun) -> list[dict]:
 
 def test_first_rollout_creates_the_service_by_digest_then_moves_traffic(cloud, smoke_model, good_service) -> None:
     cloud.tag_url = good_service
-    res = rollout(smoke_model, "gs://bucket/models/m1", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+    res = roll(smoke_model, "gs://bucket/models/m1", smoke_ready_timeout=10)
     version = model_version(smoke_model)
     assert [(r.method, r.path) for r in cloud.requests] == [("GET", f"/v2/{SERVICE}")] + [
         ("PATCH", f"/v2/{SERVICE}")] * 2
     create = cloud.requests[1]
     assert create.query["allowMissing"] == ["true"]
     container = create.body["template"]["containers"][0]
-    assert container["image"] == f"us-central1-docker.pkg.dev/photo-detector-prod/photo-detector/serve@{DIGEST}"
+    assert container["image"] == f"europe-west4-docker.pkg.dev/proj/photo-detector-images/serve@{DIGEST}"
     assert {"name": "PHOTO_DETECTOR_MODEL_URI", "value": "gs://bucket/models/m1"} in container["env"]
     assert create.body["template"]["revision"] == f"detector-{version}"
     assert create.body["traffic"][0]["tag"] == version
@@ -101,7 +107,7 @@ def test_update_tags_a_zero_traffic_candidate_smoke_tests_it_then_moves_traffic(
                                                                                  good_service) -> None:
     existing(cloud)
     cloud.tag_url = good_service
-    res = rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+    res = roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
     first = cloud.calls("PATCH")[0].body["traffic"]
     assert [(t["revision"], t.get("percent", 0)) for t in first] == [("detector-old", 100), (res.revision, 0)]
     assert live_traffic(cloud) == [{"revision": res.revision, "percent": 100}]
@@ -110,9 +116,9 @@ def test_update_tags_a_zero_traffic_candidate_smoke_tests_it_then_moves_traffic(
 
 def test_same_model_again_creates_no_revision(cloud, smoke_model, good_service) -> None:
     cloud.tag_url = good_service
-    first = rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+    first = roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
     n = len(cloud.requests)
-    again = rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+    again = roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
     assert not again.changed and again.revision == first.revision
     assert [r.method for r in cloud.requests[n:]] == ["GET"]
     assert cloud.state["services"][SERVICE]["revisions"] == [first.revision]
@@ -122,7 +128,7 @@ def test_failed_smoke_test_leaves_traffic_where_it_was(cloud, smoke_model, other
     existing(cloud)
     cloud.tag_url = other_model_service
     with pytest.raises(SmokeTestFailed) as err:
-        rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+        roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
     assert "known" in str(err.value) and "no traffic" in str(err.value)
     assert len(cloud.calls("PATCH")) == 1, "traffic was never moved"
     assert live_traffic(cloud) == [{"revision": "detector-old", "percent": 100}]
@@ -133,7 +139,7 @@ def test_candidate_that_accepts_requests_without_a_key_fails(cloud, smoke_model)
     with running(create_app(str(smoke_model), load_config(), KeyChecker([], allow_all=True))) as url:
         cloud.tag_url = url
         with pytest.raises(SmokeTestFailed, match="without a key answered 200"):
-            rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+            roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
     assert live_traffic(cloud) == [{"revision": "detector-old", "percent": 100}]
 
 
@@ -141,18 +147,18 @@ def test_unreachable_candidate_fails_with_the_reason(cloud, smoke_model) -> None
     existing(cloud)
     cloud.tag_url = "http://127.0.0.1:9"
     with pytest.raises(SmokeTestFailed, match="unreachable"):
-        rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=1)
+        roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=1)
     assert live_traffic(cloud) == [{"revision": "detector-old", "percent": 100}]
 
 
 def test_api_errors_are_clear_and_quota_is_retried(cloud, smoke_model, good_service) -> None:
     cloud.tag_url = good_service
     cloud.fail("PATCH", r"/services/", 429, times=1)
-    res = rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY, smoke_ready_timeout=10)
+    res = roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
     assert res.changed and len(cloud.calls("PATCH")) == 3
     cloud.fail("GET", r"/services/", 403, times=1)
     with pytest.raises(Exception, match="HTTP 403"):
-        rollout(smoke_model, "gs://bucket/m", cfg(), settings(), api_key=KEY)
+        roll(smoke_model, "gs://bucket/m")
 
 
 def test_deploy_cli_uploads_a_local_model_and_rolls_it_out(cloud, smoke_model, good_service, tmp_path) -> None:

@@ -153,6 +153,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                          "deploy.project": args.project})
     if args.local:
         return _deploy_local(args, cfg)
+    from photo_detector.cloud.naming import image_uri, project_id
     from photo_detector.cloud.run_service import run_deploy
     from photo_detector.serving.app import resolve_model
 
@@ -162,7 +163,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not args.dry_run and not source.startswith("gs://"):
         model_uri = _upload_local_model(args, cfg, model_dir)
     plan = args.plan or Path(tempfile_name("deploy-plan", ".json"))
-    res = run_deploy(model_dir, model_uri, cfg, dry_run=args.dry_run, plan_path=plan)
+    serve_image = image_uri(cfg, "serve", project_id(cfg, cfg.deploy.project) or None)
+    res = run_deploy(model_dir, model_uri, cfg, serve_image=serve_image, dry_run=args.dry_run, plan_path=plan)
     if args.dry_run:
         print(Path(plan).read_text(), end="")
         print(f"dry run: {res.service} would serve model {res.model_version}; plan in {plan}", file=sys.stderr)
@@ -219,11 +221,14 @@ def tempfile_name(prefix: str, suffix: str) -> str:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.naming import image_registry, project_id
     from photo_detector.pipelines.compile import compile_pipeline
 
     cfg = _config(args, {"images.registry": args.registry, "images.tag": args.image_tag})
-    path = compile_pipeline(cfg, args.output)
-    print(f"compiled {cfg.pipeline.name} with images {cfg.images.registry}/<stage>:{cfg.images.tag} to {path}")
+    project = project_id(cfg, args.project) or None
+    path = compile_pipeline(cfg, args.output, project)
+    print(f"compiled {cfg.pipeline.name} with images {image_registry(cfg, project)}/<image>:{cfg.images.tag} "
+          f"to {path}")
     return 0
 
 
@@ -507,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("compiled/training_pipeline.yaml"))
     p.add_argument("--registry", help="images.registry: where the stage images live")
     p.add_argument("--image-tag", help="images.tag: e.g. the commit the images were built from")
+    p.add_argument("--project", help="the project whose registry and data bucket the spec names (default: "
+                                     "$PHOTO_DETECTOR_PROJECT or gcp.project; none = the placeholder PROJECT_ID)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run-local", help="run the whole KFP pipeline locally (kfp local, no cloud)")

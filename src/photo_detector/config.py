@@ -124,14 +124,14 @@ class ExportConfig:
 
 @dataclass
 class ImagesConfig:
-    registry: str = _f("us-central1-docker.pkg.dev/photo-detector-prod/photo-detector")
+    registry: str = _f("")  # "" = {gcp.region}-docker.pkg.dev/{project}/{gcp.docker_repository}
     tag: str = _f("0.1.0")
 
 
 @dataclass
 class PipelineConfig:
     name: str = _f("photo-detector-training")
-    data_uri: str = _f("gs://photo-detector-data/cifake")
+    data_uri: str = _f("")  # "" = gs://{project}-photo-detector-data/cifake
     train_accelerator: str = _f("NVIDIA_TESLA_T4")
     train_accelerator_count: int = _f(1, lo=0, hi=16)
     train_cpu: str = _f("4")
@@ -154,7 +154,8 @@ class GcpConfig:
     region: str = _f("us-central1")
     pipeline_root: str = _f("")
     service_account: str = _f("")
-    kfp_repository: str = _f("photo-detector")
+    docker_repository: str = _f("photo-detector-images")
+    kfp_repository: str = _f("photo-detector-pipelines")
     experiment: str = _f("")
     model_name: str = _f("photo-detector")
 
@@ -401,10 +402,14 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.deploy.min_instances > cfg.deploy.max_instances:
         raise ConfigError("config key 'deploy.min_instances' must be <= 'deploy.max_instances'",
                           f"got {cfg.deploy.min_instances} > {cfg.deploy.max_instances}")
+    if cfg.gcp.docker_repository == cfg.gcp.kfp_repository:
+        raise ConfigError(f"config keys 'gcp.docker_repository' and 'gcp.kfp_repository' are both "
+                          f"'{cfg.gcp.kfp_repository}'", "Artifact Registry repository ids are unique per project "
+                          "and region: give the Docker and the KFP repository different ids")
     if cfg.gcp.pipeline_root and not cfg.gcp.pipeline_root.startswith("gs://"):
         raise ConfigError("config key 'gcp.pipeline_root' must be a gs:// URI", f"got {cfg.gcp.pipeline_root!r}")
-    for key in ("gcp.region", "gcp.kfp_repository", "images.registry", "images.tag", "pipeline.name",
-                "pipeline.data_uri", "deploy.service_name", "deploy.region"):
+    for key in ("gcp.region", "gcp.docker_repository", "gcp.kfp_repository", "images.tag", "pipeline.name",
+                "deploy.service_name", "deploy.region"):
         if not str(cfg.get(key)).strip():
             raise ConfigError(f"config key '{key}' is empty", "set it to a non-empty value")
     if cfg.model.pretrained and cfg.model.weights is not None and not cfg.model.weights.strip():

@@ -200,13 +200,15 @@ def quality_gate(metrics: Any, decision: Any, *, champion_metrics: dict[str, Any
 
 
 @_stage("deploy")
-def deploy(model: Any, metrics: Any, deployment: Any, *, dry_run: bool, pipeline_run: str,
+def deploy(model: Any, metrics: Any, deployment: Any, *, serve_image: str, dry_run: bool, pipeline_run: str,
            config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
     from photo_detector.cloud.run_service import run_deploy
 
     cfg = stage_config(config_overrides, **params)
-    result = run_deploy(model.path, model.uri, cfg, dry_run=dry_run, plan_path=deployment.path)
+    result = run_deploy(model.path, model.uri, cfg, serve_image=serve_image, dry_run=dry_run,
+                        plan_path=deployment.path)
     info = {"service": result.service, "model_version": result.model_version, "dry_run": result.dry_run,
+            "serve_image": serve_image,
             "url": result.url, "revision": result.revision, "previous_revision": result.previous_revision,
             "changed": result.changed}
     if result.changed and not dry_run:  # a new model is live: it becomes the registry's champion

@@ -64,12 +64,23 @@ class TrainResult:
 # Device and precision
 
 
-def select_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PhotoDetectorError("config key 'train.device' is cuda but no CUDA device is visible",
-                                 "set train.device=auto or cpu")
+def gpu_attached() -> bool:
+    """An NVIDIA GPU is attached to this machine or container (device node), whether or not torch can use it."""
+    return Path("/dev/nvidia0").exists()
+
+
+def select_device(name: str, *, attached: Callable[[], bool] = gpu_attached) -> torch.device:
+    """cuda, cpu, or auto (cuda when usable). A GPU that is attached but unusable is an error, not a silent
+    CPU run: on a T4 task that would burn GPU hours at CPU speed (e.g. a driver older than torch's CUDA)."""
+    usable = torch.cuda.is_available()
+    if not usable and (name == "cuda" or (name == "auto" and attached())):
+        why = "a GPU is attached but torch cannot use it" if name == "auto" else "no CUDA device is visible"
+        raise PhotoDetectorError(
+            f"config key 'train.device' is {name} and {why} (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda})", "the node's NVIDIA driver must support that CUDA version (CUDA 13: driver "
+            ">= 580); or set train.device=cpu to train on the CPU anyway")
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if usable else "cpu"
     return torch.device(name)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from photo_detector.artifacts import read_metadata
-from photo_detector.cloud.run_service import image_uri, model_version, service_body, service_name
+from photo_detector.cloud.run_service import model_version, service_body, service_name
 from photo_detector.cloud.settings import Settings
 from photo_detector.cloud.vertex import api_error, with_retries
 from photo_detector.config import Config
@@ -94,7 +94,8 @@ def _short(revision: str | None) -> str | None:
     return revision.rsplit("/", 1)[-1] if revision else None
 
 
-def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settings, *, api_key: str,
+def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settings, *, serve_image: str,
+            api_key: str,
             smoke_ready_timeout: float = 180.0, operation_timeout: float = 900.0) -> RolloutResult:
     from google.api_core import exceptions as gexc
     from google.cloud import run_v2
@@ -122,8 +123,8 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
         return RolloutResult(name, current.uri, revision, previous, version, current.template.containers[0].image,
                              changed=False)
 
-    image = resolve_digest(image_uri(cfg, "serve"))
-    body = service_body(cfg, model_uri=model_uri, version=version, project=project)
+    image = resolve_digest(serve_image)
+    body = service_body(cfg, model_uri=model_uri, version=version, image=image)
     body["template"]["revision"] = revision
     body["template"]["containers"][0]["image"] = image
     body["invokerIamDisabled"] = True  # the app checks X-API-Key itself; Cloud Run IAM would reject clients

@@ -22,11 +22,6 @@ SERVICE_PORT = 8080
 HEALTH_PATH = "/health"
 
 
-def image_uri(cfg: Config, stage: str) -> str:
-    """`{registry}/{stage}:{tag}`: one image per stage, all tagged alike by a build."""
-    return f"{cfg.images.registry.rstrip('/')}/{stage}:{cfg.images.tag}"
-
-
 def model_version(model_dir: str | Path) -> str:
     """The model folder's content-derived version (what the service reports and revisions are named after)."""
     return content_version(Path(model_dir) / read_metadata(model_dir)["model_file"])
@@ -48,8 +43,9 @@ def service_name(cfg: Config, project: str) -> str:
     return f"projects/{project}/locations/{cfg.deploy.region}/services/{cfg.deploy.service_name}"
 
 
-def service_body(cfg: Config, *, model_uri: str, version: str, project: str) -> dict[str, Any]:
-    """The run_v2 Service as its REST JSON; validated by parsing it into the official proto type."""
+def service_body(cfg: Config, *, model_uri: str, version: str, image: str) -> dict[str, Any]:
+    """The run_v2 Service as its REST JSON; validated by parsing it into the official proto type. `image` is
+    the serve image the same build produced (the deploy task gets it from the compiled spec)."""
     d = cfg.deploy
     body = {
         "labels": {"app": "photo-detector", "model-version": version},
@@ -59,7 +55,7 @@ def service_body(cfg: Config, *, model_uri: str, version: str, project: str) -> 
             "maxInstanceRequestConcurrency": d.concurrency,
             "timeout": f"{d.timeout_seconds}s",
             "containers": [{
-                "image": image_uri(cfg, "serve"),
+                "image": image,
                 "args": ["--model", model_uri],
                 "ports": [{"containerPort": SERVICE_PORT}],
                 "env": [
@@ -99,14 +95,14 @@ class DeployResult:
     image: str | None = None
 
 
-def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: bool,
+def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, serve_image: str, dry_run: bool,
                plan_path: str | Path | None = None) -> DeployResult:
     """Dry run: write the service that would be applied to `plan_path`. Otherwise: the safe rollout
     (no-traffic revision, smoke test, then all traffic), with the plan written first for the record."""
     version = model_version(model_dir)
     project = resolve_project(cfg.deploy.project, required=not dry_run) or "PROJECT"  # a placeholder in a plan
     name = service_name(cfg, project)
-    body = service_body(cfg, model_uri=model_uri, version=version, project=project)
+    body = service_body(cfg, model_uri=model_uri, version=version, image=serve_image)
     plan = {"dry_run": dry_run, "method": "UpdateService", "allow_missing": True, "name": name,
             "service": body, "rollout": ["new revision with 0% traffic, tagged " + version,
                                          "smoke test of the tagged URL", "100% traffic to the new revision"]}
@@ -121,7 +117,8 @@ def run_deploy(model_dir: str | Path, model_uri: str, cfg: Config, *, dry_run: b
 
     cfg = replace(cfg, deploy=replace(cfg.deploy, project=project))
     settings = resolve(cfg, {"project": project})
-    res = rollout(model_dir, model_uri, cfg, settings, api_key=smoke_api_key(cfg, settings))
+    res = rollout(model_dir, model_uri, cfg, settings, serve_image=serve_image,
+                  api_key=smoke_api_key(cfg, settings))
     return DeployResult(name, version, dry_run, Path(plan_path) if plan_path else None, url=res.url,
                         revision=res.revision, previous_revision=res.previous_revision, changed=res.changed,
                         image=res.image)
