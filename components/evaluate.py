@@ -1,4 +1,4 @@
-"""evaluate: the exported ONNX model + the serving preprocessing on a split's raw files."""
+"""evaluate: the exported ONNX model + the serving preprocessing on the files verify-data kept of a split."""
 
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -14,7 +14,8 @@ def evaluate(
     report: Output[HTML],
     split: str = "test",
 ):
-    """Metrics for the gate; confusion matrix and ROC curve render in the Vertex console."""
+    """`dataset` is verify-data's output, so quarantined or broken files are never scored (Metrics records how
+    many were left out); confusion matrix and ROC curve render in the Vertex console."""
     from photo_detector import stages
 
     stages.evaluate(model, dataset, metrics, classification_metrics, report, split=split)

@@ -71,7 +71,9 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any
         trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(p.train_accelerator_count)
         trained.set_cpu_limit(p.train_cpu).set_memory_limit(p.train_memory)
 
-        evaluated = evaluate_op(model=trained.outputs["model"], dataset=data.output, split=eval_split)
+        # The verified dataset, not the import: quarantined or broken files are never scored.
+        evaluated = evaluate_op(model=trained.outputs["model"], dataset=verified.outputs["verified"],
+                                split=eval_split)
         evaluated.set_display_name("evaluate").set_retry(p.retries)
 
         gate = gate_op(metrics=evaluated.outputs["metrics"], min_accuracy=min_accuracy, min_f1=min_f1,

@@ -55,7 +55,10 @@ def test_dag_has_exactly_the_five_stages_and_their_edges(spec: dict) -> None:
     root = spec["root"]["dag"]["tasks"]
     assert root["verify-data"]["dependentTasks"] == ["importer"]
     assert root["train"]["dependentTasks"] == ["verify-data"]
-    assert sorted(root["evaluate"]["dependentTasks"]) == ["importer", "train"]
+    assert sorted(root["evaluate"]["dependentTasks"]) == ["train", "verify-data"]
+    # evaluate scores the verified data (quarantined and broken files left out), not the raw import
+    assert root["evaluate"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "verified", "producerTask": "verify-data"}
     assert root["quality-gate"]["dependentTasks"] == ["evaluate"]
     train_in = root["train"]["inputs"]
     assert train_in["artifacts"]["verified"]["taskOutputArtifact"] == {"outputArtifactKey": "verified",

@@ -221,7 +221,8 @@ def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, 
         model = SimpleNamespace(uri="gs://runs/root/train/model", path=str(smoke_model), metadata={})
         metrics = dsl.Metrics(uri=str(tmp_path / "metrics"), metadata={"accuracy": 0.91, "f1": 0.9})
         deployment = dsl.Artifact(uri=str(tmp_path / "deployment"))
-        stages.deploy(model, metrics, deployment, dry_run=False, pipeline_run="photo-detector-training-7",
+        stages.deploy(model, metrics, deployment, serve_image=SERVE_IMAGE, dry_run=False,
+                      pipeline_run="photo-detector-training-7",
                       config_overrides={"gcp.region": "europe-west4"}, service_name="detector",
                       region="europe-west4", project="proj")
     finally:
@@ -230,6 +231,7 @@ def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, 
     assert meta["changed"] is True and meta["revision"].startswith("detector-m-") and meta["url"]
     upload = vertex.calls("POST", r"models:upload$")[0].body["model"]
     assert upload["artifactUri"] == "gs://runs/root/train/model"
+    assert upload["containerSpec"]["imageUri"] == SERVE_IMAGE.rsplit(":", 1)[0] + f"@{DIGEST}"
     assert upload["labels"]["pipeline_run"] == "photo-detector-training-7"
     assert json.loads(upload["versionDescription"])["metrics"] == {"accuracy": 0.91, "f1": 0.9}
     assert meta["registry_version"] == "1"

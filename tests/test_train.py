@@ -124,3 +124,36 @@ def test_divergence_is_a_clear_error(tmp_path: Path, sample_dir: Path) -> None:
     cfg = tiny_config(**{"train.epochs": 2, "train.learning_rate": 10.0, "train.grad_clip_norm": 0.0})
     with pytest.raises(PhotoDetectorError, match=r"training diverged.*lower train.learning_rate"):
         run_train(sample_dir, tmp_path / "nan", cfg)
+
+
+def test_jpeg_recompression_touches_the_chosen_share_only_and_is_seeded() -> None:
+    import torch
+
+    from photo_detector.data.augment import jpeg_recompress
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.integers(0, 255, (32, 3, 8, 8), dtype=np.uint8), 4, 2), 4, 3)
+    x = torch.from_numpy(smooth)
+    none = jpeg_recompress(x.clone(), 0.0, (60, 100), torch.Generator().manual_seed(1))
+    assert torch.equal(none, x)
+    a = jpeg_recompress(x.clone(), 0.5, (30, 40), torch.Generator().manual_seed(1))
+    b = jpeg_recompress(x.clone(), 0.5, (30, 40), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b), "same seed, same batch"
+    changed = [not torch.equal(a[i], x[i]) for i in range(32)]
+    assert 8 <= sum(changed) <= 24, "about half the images, drawn per image"
+    diff = (a.float() - x.float()).abs().mean(dim=(1, 2, 3))
+    assert all(0 < d < 40 for d, c in zip(diff.tolist(), changed, strict=True) if c), "a lossy copy, not noise"
+
+
+def test_training_with_jpeg_recompression_runs_and_resumes_exactly(sample_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(**{"augmentation.jpeg_probability": 0.5, "train.epochs": 2})
+    whole = run_train(sample_dir, tmp_path / "whole", cfg)
+
+    def kill_after_first_epoch(row: dict) -> None:
+        if row["epoch"] == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=kill_after_first_epoch)
+    resumed = run_train(sample_dir, tmp_path / "cut", cfg, resume=True)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]

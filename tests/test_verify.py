@@ -112,26 +112,100 @@ def test_huge_declared_size_is_too_large_without_decoding(data: Path, tmp_path: 
     assert checks(report)["too-large"] == ("error", ["train/real/img_00002.png"])
 
 
-def test_reencoded_train_image_in_test_is_leakage(data: Path, tmp_path: Path) -> None:
+def _leak(data: Path) -> None:
+    """A re-encoded copy of a train image in test, a val image copied into val, and a train image's copy
+    in val: two held-out twins of training images, one within-split duplicate."""
     buf = io.BytesIO()
     Image.open(data / "train" / "real" / "img_00003.png").convert("RGB").save(buf, format="JPEG", quality=85)
     (data / "test" / "real" / "copy.jpg").write_bytes(buf.getvalue())
     shutil.copy(data / "val" / "ai_generated" / "img_00000.png", data / "val" / "ai_generated" / "same.png")
-    report, err = verify(data, tmp_path / "out")
-    assert err is not None and "leakage" in str(err)
+    shutil.copy(data / "train" / "ai_generated" / "img_00001.png", data / "val" / "ai_generated" / "leak.png")
+
+
+def test_leakage_is_an_error_with_the_error_policy(data: Path, tmp_path: Path) -> None:
+    _leak(data)
+    report, err = verify(data, tmp_path / "out", **{"verify.leakage": "error"})
+    assert err is not None and "verify.leakage=quarantine" in str(err)
     found = checks(report)
     assert found["leakage-near-duplicates"] == ("error", ["test/real/copy.jpg", "train/real/img_00003.png"])
+    assert found["leakage-exact-duplicates"] == ("error", ["train/ai_generated/img_00001.png",
+                                                           "val/ai_generated/leak.png"])
     assert found["exact-duplicates"] == ("warning", ["val/ai_generated/img_00000.png", "val/ai_generated/same.png"])
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_all_png_fakes_vs_all_jpeg_reals_is_a_shortcut(data: Path, tmp_path: Path) -> None:
+def test_leakage_quarantines_the_held_out_twin_and_evaluation_skips_it(data: Path, tmp_path: Path,
+                                                                      trained_dir: Path) -> None:
+    from photo_detector.evaluate import run_evaluate
+
+    _leak(data)
+    res, err = verify(data, tmp_path / "out", **{"verify.max_quarantine_fraction": 0.25})
+    assert err is None, err
+    assert [(q.path, q.split, q.twin, q.kind) for q in res.quarantined] == [
+        ("val/ai_generated/leak.png", "val", "train/ai_generated/img_00001.png", "exact-duplicates"),
+        ("test/real/copy.jpg", "test", "train/real/img_00003.png", "near-duplicates")]
+    assert checks(res)["leakage-quarantined"] == ("warning", ["test/real/copy.jpg", "val/ai_generated/leak.png"])
+    assert (res.metrics()["quarantined_val"], res.metrics()["quarantined_test"]) == (1.0, 1.0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "val/ai_generated/leak.png" not in manifest["splits"]["val"]["paths"]
+    assert manifest["splits"]["val"]["count"] == 9 == len(np.load(tmp_path / "out" / "val.images.npy"))
+    assert manifest["splits"]["train"]["count"] == 44, "training images are never dropped"
+    assert "test/real/copy.jpg" not in manifest["files"]["test"]["paths"]
+    md = (tmp_path / "out" / "verify_report.md").read_text()
+    assert "| `test/real/copy.jpg` | test | `train/real/img_00003.png` | near-duplicates |" in md
+    # The evaluate stage reads the verified dataset: the quarantined file is not scored, and says so.
+    on_raw = run_evaluate(trained_dir, data, split="test")
+    on_verified = run_evaluate(trained_dir, tmp_path / "out", split="test")
+    assert on_raw.n_images == 9 and on_verified.n_images == 8 and on_verified.left_out == {"quarantined": 1}
+
+
+def test_quarantining_too_much_of_a_split_is_an_error(data: Path, tmp_path: Path) -> None:
+    _leak(data)
+    report, err = verify(data, tmp_path / "out")  # 1 of 9 test images is 11% > 5%
+    assert err is not None and "verify.max_quarantine_fraction" in str(err)
+    assert checks(report)["quarantine-too-large"][0] == "error"
+
+
+def _reals_as_jpeg(data: Path, quality: int = 90) -> None:
     for path in list(data.glob("*/real/*.png")):
-        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"), format="JPEG", quality=90)
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"), format="JPEG", quality=quality)
         path.unlink()
+
+
+def test_all_png_fakes_vs_all_jpeg_reals_is_a_shortcut_that_names_align(data: Path, tmp_path: Path) -> None:
+    _reals_as_jpeg(data)
     report, err = verify(data, tmp_path / "out")
-    assert err is not None
+    assert err is not None and "verify.shortcut_policy=align" in str(err)
     severity, _ = checks(report)["shortcut"]
     assert severity == "error" and "lookup classifier scores 1.00" in str(err)
+
+
+def test_align_reencodes_every_image_then_the_check_passes(data: Path, tmp_path: Path) -> None:
+    _reals_as_jpeg(data)
+    res, err = verify(data, tmp_path / "out", **{"verify.shortcut_policy": "align",
+                                                  "verify.align_jpeg_quality": 80})
+    assert err is None, err
+    assert res.shortcut == {"policy": "align", "score": 1.0, "limit": 0.7, "aligned_quality": 80,
+                            "aligned_score": 0.5}
+    assert checks(res)["shortcut-aligned"][0] == "warning"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["shortcut"]["policy"] == "align"
+    # The packed fake (a PNG) is what its JPEG re-encoding at quality 80 decodes to, not its own pixels.
+    packed = np.load(tmp_path / "out" / "train.images.npy")
+    first_fake = manifest["splits"]["train"]["paths"].index("train/ai_generated/img_00000.png")
+    original = np.asarray(Image.open(data / "train" / "ai_generated" / "img_00000.png").convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(original).save(buf, format="JPEG", quality=80)
+    assert np.array_equal(packed[first_fake], np.asarray(Image.open(buf).convert("RGB")))
+    assert not np.array_equal(packed[first_fake], original)
+
+
+def test_align_still_fails_when_size_alone_separates_the_classes(data: Path, tmp_path: Path) -> None:
+    for path in list(data.glob("*/real/*.png")):
+        Image.open(path).resize((48, 48)).save(path)
+    report, err = verify(data, tmp_path / "out", **{"verify.shortcut_policy": "align"})
+    assert err is not None and "image size alone tells the classes apart" in str(err)
+    assert checks(report)["shortcut"][0] == "error"
 
 
 def test_empty_class_and_missing_split(data: Path, tmp_path: Path) -> None:
@@ -176,13 +250,13 @@ def test_helpers_measure_what_they_claim() -> None:
 
 @pytest.mark.parametrize("max_distance", [0, 2, 4, 7])
 def test_banded_near_pair_search_equals_brute_force(max_distance: int) -> None:
-    from photo_detector.verify import _near_pairs, _popcount
+    from photo_detector.verify.duplicates import near_pairs, popcount
 
     rng = np.random.default_rng(max_distance)
     h = rng.integers(0, 2**64, 2000, dtype=np.uint64, endpoint=False)
     for k in range(60):  # plant pairs at every distance up to max_distance + 2
         bits = rng.choice(64, size=k % (max_distance + 3), replace=False)
         h[1000 + k] = h[k] ^ np.uint64(sum(1 << int(b) for b in bits))
-    d = _popcount(h[:, None] ^ h[None, :])
+    d = popcount(h[:, None] ^ h[None, :])
     i, j = np.nonzero(np.triu(d <= max_distance, 1))
-    assert set(_near_pairs(h, max_distance)) == set(zip(i.tolist(), j.tolist(), strict=True))
+    assert set(near_pairs(h, max_distance)) == set(zip(i.tolist(), j.tolist(), strict=True))

@@ -45,8 +45,9 @@ TASK_IMAGE = {"verify-data": "verify", "train": "train", "evaluate": "evaluate",
 # Small enough to train in seconds on 2 cores; every other parameter keeps the spec's default.
 PARAMETERS = {"image_size": 32, "batch_size": 16, "epochs": 2, "min_accuracy": 0.0, "min_f1": 0.0,
               "champion_from_registry": False, "deploy_dry_run": True, "project": "rehearsal-project",
-              "config_overrides": {"data.crop_pct": 0.8, "model.hidden_dim": 32, "model.pretrained": False, "train.warmup_epochs": 0,
-                                   "verify.min_images_per_class": 2, "data.num_workers": 2}}
+              "config_overrides": {"data.crop_pct": 0.8, "model.hidden_dim": 32, "model.pretrained": False,
+                                   "train.warmup_epochs": 0, "verify.min_images_per_class": 2,
+                                   "data.num_workers": 2}}
 
 
 @dataclass

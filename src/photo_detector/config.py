@@ -56,6 +56,10 @@ class VerifyConfig:
     near_duplicate_distance: int = _f(4, lo=-1, hi=32)
     near_duplicate_max_mad: float = _f(4.0, lo=0.0, hi=255.0)
     shortcut_max_score: float = _f(0.7, lo=0.5, hi=1.0)
+    shortcut_policy: str = _f("error", choices=("error", "align"))
+    align_jpeg_quality: int = _f(90, lo=1, hi=100)
+    leakage: str = _f("quarantine", choices=("quarantine", "error"))
+    max_quarantine_fraction: float = _f(0.05, lo=0.0, hi=1.0)
     workers: int = _f(0, lo=0, hi=256)
 
 
@@ -99,6 +103,8 @@ class AugmentationConfig:
     horizontal_flip: float = _f(0.5, lo=0.0, hi=1.0)
     rotation_degrees: float = _f(15.0, lo=0.0, hi=180.0)
     random_crop: bool = _f(True)
+    jpeg_probability: float = _f(0.0, lo=0.0, hi=1.0)
+    jpeg_quality: list[int] = _f([60, 100], lo=1, hi=100, length=2)
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
 
 
@@ -399,6 +405,10 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.warmup_epochs > 0:
         raise ConfigError(f"config key 'train.warmup_epochs' ({cfg.train.warmup_epochs}) must be smaller than "
                           f"'train.epochs' ({cfg.train.epochs})", "lower warmup_epochs or raise epochs")
+    lo, hi = cfg.augmentation.jpeg_quality
+    if lo > hi:
+        raise ConfigError("config key 'augmentation.jpeg_quality' must be [low, high] with low <= high",
+                          f"got {cfg.augmentation.jpeg_quality}")
     if cfg.deploy.min_instances > cfg.deploy.max_instances:
         raise ConfigError("config key 'deploy.min_instances' must be <= 'deploy.max_instances'",
                           f"got {cfg.deploy.min_instances} > {cfg.deploy.max_instances}")

@@ -1,13 +1,15 @@
 """The evaluation stage: the exported ONNX model + the serving preprocessing, on the raw files of a split.
 
-Torch-free on purpose: it measures exactly the artifact and code path that will be served.
+Torch-free on purpose: it measures exactly the artifact and code path that will be served. Given the
+verified dataset (what the pipeline passes), it scores the files verify-data kept: quarantined leakage twins
+and broken files are never scored, and how many were left out, and why, is part of the result.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ import numpy as np
 
 from photo_detector import CLASS_NAMES
 from photo_detector.artifacts import read_metadata
-from photo_detector.data.layout import discover_split
+from photo_detector.data.layout import SplitFiles, discover_split
+from photo_detector.data.packed import is_packed, read_manifest
+from photo_detector.errors import DataError
 from photo_detector.io import write_json_atomic
 from photo_detector.preprocess import Preprocess, preprocess_files
 from photo_detector.progress import progress
@@ -40,6 +44,7 @@ class EvalResult:
     roc_tpr: list[float]
     roc_thresholds: list[float]
     images_per_second: float
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> files of the split not scored
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -87,22 +92,41 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> 
     }
 
 
+def split_files(data_dir: str | Path, split: str) -> tuple[SplitFiles, dict[str, int]]:
+    """The files of `split` to score, and how many were left out and why. A verified dataset (verify-data's
+    output) lists the files it kept; a plain dataset folder is scored whole."""
+    if not is_packed(data_dir):
+        return discover_split(data_dir, split), {}
+    manifest = read_manifest(data_dir)
+    listed = manifest.get("files", {}).get(split) or manifest["splits"].get(split)
+    if listed is None:
+        raise DataError(f"verified dataset {data_dir} lists no '{split}' split",
+                        f"it lists {', '.join([*manifest.get('files', {}), *manifest['splits']])}")
+    source = Path(manifest["source"])
+    paths = tuple(source / p for p in listed["paths"])
+    labels = tuple(listed["labels"]) if "labels" in listed else tuple(
+        CLASS_NAMES.index(Path(p).parent.name) for p in listed["paths"])
+    quarantined = sum(1 for q in manifest.get("quarantined", []) if q["split"] == split)
+    return SplitFiles(split, paths, labels), ({"quarantined": quarantined} if quarantined else {})
+
+
 def run_evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test",
                  threshold: float | None = None, out_dir: str | Path | None = None) -> EvalResult:
     """Score the model on `data_dir/<split>`; writes `eval.json` into `out_dir` when given."""
     meta = read_metadata(model_dir)
     threshold = float(meta["thresholds"]["classification"] if threshold is None else threshold)
-    files = discover_split(data_dir, split)
+    files, left_out = split_files(data_dir, split)
     start = time.perf_counter()
     probs = predict_files(model_dir, list(files.paths), desc=f"evaluate {split}")
     seconds = time.perf_counter() - start
     labels = np.asarray(files.labels)
     result = EvalResult(split=split, n_images=len(files), threshold=threshold,
-                        images_per_second=len(files) / seconds if seconds else 0.0,
+                        images_per_second=len(files) / seconds if seconds else 0.0, left_out=left_out,
                         **compute_metrics(probs, labels, threshold))
-    log.info("%s: accuracy %.4f precision %.4f recall %.4f f1 %.4f roc_auc %.4f on %d images (%.0f img/s)",
+    log.info("%s: accuracy %.4f precision %.4f recall %.4f f1 %.4f roc_auc %.4f on %d images (%.0f img/s)%s",
              split, result.accuracy, result.precision, result.recall, result.f1, result.roc_auc,
-             result.n_images, result.images_per_second)
+             result.n_images, result.images_per_second,
+             "; left out: " + ", ".join(f"{n} {why}" for why, n in left_out.items()) if left_out else "")
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / EVAL_FILE, result.to_dict())
     return result

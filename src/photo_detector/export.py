@@ -5,15 +5,21 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from photo_detector import CLASS_NAMES, __version__
+from photo_detector.artifacts import METADATA, ONNX
+from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.inference import INPUT_NAME, OUTPUT_NAMES, onnx_probabilities, onnx_session
-from photo_detector.io import atomic_path
+from photo_detector.io import atomic_path, write_json_atomic
+from photo_detector.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +110,39 @@ def export_onnx(model: nn.Module, inputs: np.ndarray, path: str | Path, *, opset
                 f"> export.parity_tolerance {tolerance:.0e}", "report this; the export was not written")
     log.info("exported %s (parity on %d real images: max |dp| = %.2e)", path, len(inputs), diff)
     return ExportResult(path, diff, len(inputs))
+
+
+def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Preprocess, images: np.ndarray,
+                        labels: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """Everything a deployable model folder holds besides checkpoints: `model.onnx` (parity-checked on real
+    validation images), `model.json` and the smoke-test images the exported model itself chose. Training
+    calls it with the best checkpoint's model; `images`/`labels` are validation squares (N, S, S, 3) uint8;
+    `extra` adds what the caller knows (epochs, metrics, data)."""
+    from photo_detector.data.augment import eval_transform, uint8_nchw
+    from photo_detector.smoke import write_smoke_images
+
+    out = Path(out)
+    inputs = eval_transform(uint8_nchw(torch.from_numpy(np.array(images[:128]))), pp)
+    exported = export_onnx(model, inputs.numpy().astype(np.float32), out / ONNX, opset=cfg.export.opset,
+                           tolerance=cfg.export.parity_tolerance)
+    metadata: dict[str, Any] = {
+        "format_version": 1,
+        "framework": "onnx",
+        "model_file": ONNX,
+        "model_name": cfg.model.name,
+        "class_names": list(CLASS_NAMES),
+        "image_size": cfg.data.image_size,
+        "preprocess": pp.to_dict(),
+        "thresholds": cfg.thresholds.__dict__,
+        **extra,
+        "onnx_parity_max_abs_diff": exported.max_abs_diff,
+        "photo_detector_version": __version__,
+        "torch_version": torch.__version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+    }
+    write_json_atomic(out / METADATA, metadata)
+    # Known images for the deploy smoke test, chosen by the exported model itself (needs model.json on disk).
+    metadata["smoke_images"] = write_smoke_images(out, images, labels)
+    write_json_atomic(out / METADATA, metadata)
+    return metadata

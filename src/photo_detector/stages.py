@@ -117,7 +117,7 @@ def _log_metrics(metrics: Any, values: dict[str, float]) -> None:
 @_stage("verify-data")
 def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image_size: int,
                 config_overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    from photo_detector.verify import REPORT_MD, run_verify
+    from photo_detector.verify import REPORT_MD, quarantine_metadata, run_verify
 
     cfg = stage_config(config_overrides, image_size=image_size)
     try:
@@ -127,9 +127,11 @@ def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image
         if md.is_file():
             shutil.copyfile(md, report.path)
     _log_metrics(metrics, result.metrics())
-    verified.metadata.update({"digest": result.digest, "source_uri": dataset.uri, "counts": result.counts})
+    verified.metadata.update({"digest": result.digest, "source_uri": dataset.uri, "counts": result.counts,
+                              "shortcut": result.shortcut, **quarantine_metadata(result)})
     return result.digest, {"digest": result.digest, "images": result.n_images, "verified": verified.path,
-                           "report": report.path, "warnings": len(result.warnings)}
+                           "report": report.path, "warnings": len(result.warnings),
+                           "quarantined": len(result.quarantined)}
 
 
 @_stage("train")
@@ -167,14 +169,16 @@ def evaluate(model: Any, dataset: Any, metrics: Any, classification_metrics: Any
     from photo_detector.reports import evaluation_report
 
     result = run_evaluate(model.path, dataset.path, split=split)
-    _log_metrics(metrics, {**result.metrics, "n_images": result.n_images, "threshold": result.threshold})
+    _log_metrics(metrics, {**result.metrics, "n_images": result.n_images, "threshold": result.threshold,
+                           **{f"left_out_{why}": n for why, n in result.left_out.items()}})
     classification_metrics.log_confusion_matrix(list(CLASS_NAMES), result.confusion_matrix)
     step = max(1, math.ceil(len(result.roc_fpr) / ROC_POINTS))
     idx = sorted({*range(0, len(result.roc_fpr), step), len(result.roc_fpr) - 1}) if result.roc_fpr else []
     classification_metrics.log_roc_curve([result.roc_fpr[i] for i in idx], [result.roc_tpr[i] for i in idx],
                                          [result.roc_thresholds[i] for i in idx])
     write_text_atomic(report.path, evaluation_report(result.to_dict()))
-    return None, {**result.metrics, "split": split, "n_images": result.n_images, "report": report.path}
+    return None, {**result.metrics, "split": split, "n_images": result.n_images, "left_out": result.left_out,
+                  "report": report.path}
 
 
 @_stage("quality-gate")

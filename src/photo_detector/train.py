@@ -13,7 +13,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from photo_detector import CLASS_NAMES, __version__
-from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, METADATA, ONNX
+from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, ONNX
 from photo_detector.config import Config, from_dict
-from photo_detector.data.augment import BatchAugment, eval_transform, uint8_nchw
+from photo_detector.data.augment import BatchAugment, eval_transform, jpeg_recompress, uint8_nchw
 from photo_detector.data.layout import discover_split
 from photo_detector.data.packed import dataset_digest, is_packed, read_manifest, read_packed
 from photo_detector.data.store import ImageStore, load_store, store_size_for
 from photo_detector.errors import DataError, PhotoDetectorError
-from photo_detector.export import export_onnx
-from photo_detector.io import atomic_path, prepare_output_dir, write_json_atomic, write_text_atomic
+from photo_detector.export import export_model_folder
+from photo_detector.io import atomic_path, prepare_output_dir, write_text_atomic
 from photo_detector.model import PhotoDetector, build_model, count_trainable
 from photo_detector.preprocess import Preprocess
 from photo_detector.progress import progress
-from photo_detector.smoke import write_smoke_images
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +260,8 @@ class _Trainer:
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.augment = BatchAugment(cfg.augmentation, self.pp, self.aug_gen)
+        self.jpeg_gen = torch.Generator().manual_seed(cfg.seed + 3)
+        self.jpeg = cfg.augmentation.jpeg_probability > 0
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def _to_device(self, store: ImageStore) -> torch.Tensor:
@@ -305,11 +304,15 @@ class _Trainer:
             yb = self.train_y[idx].to(self.device, non_blocking=True)
             # The store's device is "cuda:0" where self.device is "cuda", so compare types: same type means
             # the store lives where training runs and augment reads the batch from it in place.
-            if self.train_x.device.type == self.device.type:
+            if self.train_x.device.type == self.device.type and not self.jpeg:
                 inputs = self.augment(self.train_x, channels_last=self.channels_last, index=idx)
-            else:  # pinned host store: copy the batch over, then augment on the GPU
-                xb = self.train_x[idx].to(self.device, non_blocking=True)
-                inputs = self.augment(xb, channels_last=self.channels_last)
+            else:  # a copy of the batch: pinned host store, or JPEG re-compression (never of the store itself)
+                xb = self.train_x[idx]
+                if self.jpeg:
+                    a = cfg.augmentation
+                    xb = jpeg_recompress(xb, a.jpeg_probability, (a.jpeg_quality[0], a.jpeg_quality[1]),
+                                         self.jpeg_gen)
+                inputs = self.augment(xb.to(self.device, non_blocking=True), channels_last=self.channels_last)
             with self._autocast():
                 logits = self.model(inputs).float()
                 loss = self.loss_fn(logits, yb)
@@ -367,11 +370,6 @@ class _Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler_state_dict"])
         self.scaler.load_state_dict(ckpt["scaler_state_dict"])
 
-    def export_inputs(self, limit: int = 128) -> np.ndarray:
-        """Real validation images, preprocessed, for the ONNX parity check."""
-        x = eval_transform(self.val_x[:limit].cpu(), self.pp)
-        return x.numpy().astype(np.float32)
-
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
@@ -410,7 +408,7 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     trainer.build(load_pretrained=ckpt is None and cfg.model.pretrained)
     write_text_atomic(out / CONFIG, cfg.to_yaml())
 
-    gens = {"shuffle": trainer.shuffle_gen, "augment": trainer.aug_gen}
+    gens = {"shuffle": trainer.shuffle_gen, "augment": trainer.aug_gen, "jpeg": trainer.jpeg_gen}
     history: list[dict[str, float]] = []
     best: float | None = None
     best_epoch, bad_epochs, first_epoch = 0, 0, 1
@@ -463,34 +461,12 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
         raise PhotoDetectorError(f"{out} holds no finished epoch", "start a new run with --force")
     best_ckpt = load_checkpoint(out / BEST)
     trainer.model.load_state_dict(best_ckpt["model_state_dict"])
-    exported = export_onnx(trainer.model, trainer.export_inputs(), out / ONNX, opset=cfg.export.opset,
-                           tolerance=cfg.export.parity_tolerance)
     best_row = best_ckpt["metrics"]
-    metadata: dict[str, Any] = {
-        "format_version": 1,
-        "framework": "onnx",
-        "model_file": ONNX,
-        "checkpoint_file": BEST,
-        "model_name": cfg.model.name,
-        "class_names": list(CLASS_NAMES),
-        "image_size": cfg.data.image_size,
-        "preprocess": trainer.pp.to_dict(),
-        "thresholds": cfg.thresholds.__dict__,
-        "best_epoch": best_ckpt["epoch"],
-        "val_metrics": {k: v for k, v in best_row.items() if k.startswith("val_")},
-        "onnx_parity_max_abs_diff": exported.max_abs_diff,
-        "train_images": len(trainer.train_store),
-        "val_images": len(trainer.val_store),
-        "data_digest": trainer.data_digest,
-        "photo_detector_version": __version__,
-        "torch_version": torch.__version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": cfg.to_dict(),
-    }
-    write_json_atomic(out / METADATA, metadata)
-    # Known images for the deploy smoke test, chosen by the exported model itself (needs model.json on disk).
-    metadata["smoke_images"] = write_smoke_images(out, trainer.val_store.images, trainer.val_store.labels)
-    write_json_atomic(out / METADATA, metadata)
+    export_model_folder(trainer.model, out, cfg, trainer.pp, trainer.val_store.images, trainer.val_store.labels,
+                        checkpoint_file=BEST, best_epoch=best_ckpt["epoch"],
+                        val_metrics={k: v for k, v in best_row.items() if k.startswith("val_")},
+                        train_images=len(trainer.train_store), val_images=len(trainer.val_store),
+                        data_digest=trainer.data_digest)
     seconds = time.perf_counter() - start
     log.info("best epoch %d: val_accuracy %.4f; wrote %s in %.1fs", best_ckpt["epoch"],
              best_row["val_accuracy"], out, seconds)

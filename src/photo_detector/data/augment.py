@@ -169,3 +169,29 @@ class BatchAugment:
             pixels = self._bilinear(x if index is None else x[index.to(x.device)], theta)
         out = self._colour_normalise(pixels).view(n, s, s, 3).permute(0, 3, 1, 2)
         return out if channels_last else out.contiguous()
+
+
+def jpeg_recompress(x: torch.Tensor, probability: float, quality: tuple[int, int],
+                    generator: torch.Generator) -> torch.Tensor:
+    """Re-compress a random share of a uint8 NCHW batch as JPEG, each at a quality drawn from `quality`
+    (inclusive). Why: when one class arrived as JPEG and the other did not, a detector can learn compression
+    traces instead of content ("Fake or JPEG?"); re-compressing training images at random qualities makes
+    those traces useless. Works on the given tensor (pass a copy of the store's rows); Pillow's codec, the
+    one verify-data and serving decode with (torchvision's own is deprecated since 0.29)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pick = torch.rand(x.shape[0], generator=generator) < probability
+    qualities = torch.randint(quality[0], quality[1] + 1, (x.shape[0],), generator=generator)
+    rows = pick.nonzero().flatten()
+    if len(rows) == 0:
+        return x
+    batch = x[rows.to(x.device)].permute(0, 2, 3, 1).cpu().numpy()  # NHWC uint8 for the codec
+    for k, i in enumerate(rows.tolist()):
+        buf = io.BytesIO()
+        Image.fromarray(batch[k]).save(buf, format="JPEG", quality=int(qualities[i]))
+        batch[k] = np.asarray(Image.open(buf).convert("RGB"))
+    x[rows.to(x.device)] = torch.from_numpy(batch).permute(0, 3, 1, 2).to(x.device)
+    return x

@@ -19,7 +19,7 @@ from photo_detector.data.store import ImageStore
 from photo_detector.errors import DataError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: held-out file lists and the quarantine (evaluate reads them)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
