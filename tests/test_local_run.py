@@ -61,3 +61,34 @@ def test_failing_stage_names_itself_its_error_and_its_log(sample_dir: Path, tmp_
     log = Path(log_line.removeprefix("its log: "))
     assert log.name == "verify-data.log" and "val/real has 0" in log.read_text()
     assert "Traceback" not in log.read_text(), "the stage's own error, not a wall of kfp internals"
+
+
+@pytest.mark.slow
+def test_cifake_shaped_data_with_leakage_reaches_a_gate_decision(tmp_path: Path) -> None:
+    """32 px JPEGs with 3.3% of test/real near-duplicating train/real, default verify settings: the twins
+    are quarantined and listed, and evaluate scores the test split minus them."""
+    from photo_detector.data.sample import generate_sample
+
+    data = generate_sample(tmp_path / "cifake", per_class=240, size=32, fmt="jpeg", leak=0.033).root
+    res = run_local(tiny_config(), out=tmp_path / "runs", data=data)
+    assert res.succeeded, res.error
+    verified = res.stage("verify-data")["summary"]
+    report = json.loads((Path(verified["verified"]) / "verify_report.json").read_text())
+    pairs = {(q["path"], q["twin"]) for q in report["quarantined"]}
+    assert ("test/real/img_00000.jpg", "train/real/img_00000.jpg") in pairs
+    in_test = sum(1 for q in report["quarantined"] if q["split"] == "test")
+    evaluated = res.stage("evaluate")["summary"]
+    assert evaluated["n_images"] == 72 - in_test and evaluated["left_out"] == {"quarantined": in_test}
+    assert res.stage("quality-gate")["summary"]["passed"] in (True, False)
+
+
+@pytest.mark.slow
+def test_differing_jpeg_qualities_stop_with_the_remedy_and_align_reaches_the_gate(tmp_path: Path) -> None:
+    from photo_detector.data.sample import generate_sample
+
+    data = generate_sample(tmp_path / "q", per_class=120, size=32, fmt="jpeg", quality=(95, 75)).root
+    stopped = run_local(tiny_config(), out=tmp_path / "runs", data=data)
+    assert stopped.failed_task == "verify-data" and "verify.shortcut_policy=align" in stopped.error
+    aligned = run_local(tiny_config(**{"verify.shortcut_policy": "align"}), out=tmp_path / "runs", data=data)
+    assert aligned.succeeded, aligned.error
+    assert aligned.stage("quality-gate")["summary"]["passed"] in (True, False)

@@ -43,7 +43,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_data_sample(args: argparse.Namespace) -> int:
     from photo_detector.data.sample import generate_sample
 
-    res = generate_sample(args.out, per_class=args.per_class, size=args.size, seed=args.seed, force=args.force)
+    quality = (args.jpeg_quality, args.fake_jpeg_quality or args.jpeg_quality)
+    res = generate_sample(args.out, per_class=args.per_class, size=args.size, seed=args.seed, force=args.force,
+                          fmt=args.format, quality=quality, leak=args.leak)
     total = sum(sum(c.values()) for c in res.counts.values())
     counts = ", ".join(f"{s} {c['real']}+{c['ai_generated']}" for s, c in res.counts.items())
     print(f"wrote {total} images ({counts}; real+ai_generated) of {args.size}px to {res.root} "
@@ -433,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=72, help="image side in pixels")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--force", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("--format", choices=["png", "jpeg"], default="png", help="file format of both classes")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="with --format jpeg: the quality of real images")
+    p.add_argument("--fake-jpeg-quality", type=int, help="... of ai_generated images (default: the same; "
+                                                         "different qualities make a format shortcut)")
+    p.add_argument("--leak", type=float, default=0.0, help="share of test/real images that are near-duplicates "
+                                                           "of train/real images (CIFAR-10's test set: 0.033)")
     p.set_defaults(func=cmd_data_sample)
 
     p = dsub.add_parser("upload", help="copy a local folder to gs:// (parallel, checksum-verified, resumable)")

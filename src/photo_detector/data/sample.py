@@ -7,6 +7,10 @@ output size (smoothed texture), the periodic grid left by transposed convolution
 Both classes are PNG files of the same size and mode, so no metadata separates them; only pixels do.
 Every image has its own RNG seeded by (seed, split, class, index): the same seed gives the same bytes, and
 asking for more images keeps the earlier ones.
+
+CIFAKE-shaped variants, for tests and benchmarks of what real datasets bring: `fmt="jpeg"` with a quality
+per class (different qualities are a format shortcut), and `leak`, the share of test/real images that are
+near-duplicates (brightened, re-encoded copies) of train/real images, as CIFAR-10's test set has (3.3%).
 """
 
 from __future__ import annotations
@@ -115,12 +119,32 @@ def make_ai(rng: np.random.Generator, size: int, split: str = "train") -> np.nda
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def _save(pixels: np.ndarray, path: Path, quality: int | None) -> None:
+    if quality is None:
+        Image.fromarray(pixels).save(path, optimize=False, compress_level=6)
+    else:
+        Image.fromarray(pixels).save(path, format="JPEG", quality=quality)
+
+
+def _near_copy(source: Path, path: Path, quality: int | None) -> None:
+    """A near duplicate: the same picture, 3 grey levels brighter and re-encoded (never identical pixels)."""
+    pixels = np.asarray(Image.open(source).convert("RGB"), dtype=np.int16) + 3
+    _save(np.clip(pixels, 0, 255).astype(np.uint8), path, max(1, quality - 5) if quality else None)
+
+
 def generate_sample(out: str | Path, *, per_class: int = 800, size: int = 72, seed: int = 42,
-                    force: bool = False) -> SampleResult:
-    """Write `out/{train,val,test}/{real,ai_generated}/img_NNNNN.png`; built in a temp folder, then renamed."""
+                    force: bool = False, fmt: str = "png", quality: tuple[int, int] = (95, 95),
+                    leak: float = 0.0) -> SampleResult:
+    """Write `out/{train,val,test}/{real,ai_generated}/img_NNNNN.{png|jpg}`; built in a temp folder, then
+    renamed. `quality` is the JPEG quality of (real, ai_generated) with fmt="jpeg"; `leak` the share of
+    test/real images replaced by near-duplicates of train/real images (at least one when > 0)."""
     out = Path(out)
     if size < 16:
         raise DataError(f"--size {size} is too small", "use at least 16 pixels")
+    if fmt not in ("png", "jpeg"):
+        raise DataError(f"--format {fmt} is not png or jpeg", "use --format png or --format jpeg")
+    if not 0.0 <= leak < 1.0:
+        raise DataError(f"--leak {leak} is not a share in [0, 1)", "e.g. --leak 0.033 (CIFAR-10's test set)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise OutputExistsError(f"{out} already exists and is not empty", "pass --force to replace it")
     counts = split_counts(per_class)
@@ -129,14 +153,20 @@ def generate_sample(out: str | Path, *, per_class: int = 800, size: int = 72, se
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         makers = (make_real, make_ai)
+        suffix = ".png" if fmt == "png" else ".jpg"
+        leaked = max(1, round(leak * counts["test"])) if leak > 0 else 0
         for s_idx, split in enumerate(SPLITS):
             for label, name in enumerate(CLASS_NAMES):
                 folder = tmp / split / name
                 folder.mkdir(parents=True)
+                q = None if fmt == "png" else quality[label]
                 for i in range(counts[split]):
+                    path = folder / f"img_{i:05d}{suffix}"
+                    if split == "test" and label == 0 and i < leaked:
+                        _near_copy(tmp / "train" / name / f"img_{i * 7 % counts['train']:05d}{suffix}", path, q)
+                        continue
                     rng = np.random.default_rng([seed, s_idx, label, i])
-                    pixels = makers[label](rng, size, split)
-                    Image.fromarray(pixels).save(folder / f"img_{i:05d}.png", optimize=False, compress_level=6)
+                    _save(makers[label](rng, size, split), path, q)
         if out.exists():  # --force: swap in the new tree first, then drop the old one
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
