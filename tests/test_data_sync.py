@@ -96,3 +96,46 @@ def test_cifake_offline_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytes
         prepare_cifake(tmp_path / "out")
     out = data_cli("cifake", str(tmp_path / "out2"))
     assert out.returncode == 2 and "kaggle" in out.stderr.lower()
+
+
+def test_cifake_copies_in_zip_and_unsplit_forms(sample_dir: Path, tmp_path: Path) -> None:
+    """yanbax/CIFAKE_autotrain_compatible's form: {REAL,FAKE} folders, no split, inside a zip archive."""
+    import zipfile
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    with zipfile.ZipFile(snapshot / "train.zip", "w") as z:
+        for ours, theirs in (("real", "REAL"), ("ai_generated", "FAKE")):
+            for i, f in enumerate(sorted((sample_dir / "train" / ours).iterdir()) * 5):
+                z.write(f, f"train/{theirs}/{i:04d}.png")
+    res = prepare_cifake(tmp_path / "out", source=snapshot, val_fraction=0.1)
+    total = {s: sum(c.values()) for s, c in res.counts.items()}
+    assert sum(total.values()) == 220 and all(n > 0 for n in total.values())
+    assert all(val_bucket(f.name) < 1 / 6 for f in (tmp_path / "out" / "test" / "real").iterdir())
+    assert sorted(p.name for p in snapshot.iterdir()) == ["train.zip"], "the snapshot itself is left as it was"
+
+
+def test_cifake_copies_as_parquet_shards(sample_dir: Path, tmp_path: Path) -> None:
+    """The `datasets` export: image {bytes, path} and a class label with names, one shard per split."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {"info": {"features": {"image": {"_type": "Image"},
+                                      "label": {"names": ["FAKE", "REAL"], "_type": "ClassLabel"}}}}
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, ours in ((1, "real"), (0, "ai_generated")):
+            for f in sorted((sample_dir / split / ours).iterdir()):
+                images.append({"bytes": f.read_bytes(), "path": f"{ours}-{f.name}"})
+                labels.append(label)
+        table = pa.table({"image": images, "label": labels})
+        table = table.replace_schema_metadata({"huggingface": json.dumps(features)})
+        (tmp_path / "snap" / "data").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp_path / "snap" / "data" / f"{split}-00000-of-00001.parquet")
+    res = prepare_cifake(tmp_path / "out", source=tmp_path / "snap", val_fraction=0.2)
+    assert res.counts["test"] == {"real": 4, "ai_generated": 4}
+    assert res.counts["train"]["real"] + res.counts["val"]["real"] == 22
+    assert (tmp_path / "out" / "test" / "real" / "real-img_00000.png").read_bytes() == \
+        (sample_dir / "test" / "real" / "img_00000.png").read_bytes()

@@ -409,7 +409,8 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 def cmd_data_cifake(args: argparse.Namespace) -> int:
     from photo_detector.data.cifake import prepare_cifake
 
-    res = prepare_cifake(args.out, source=args.source, val_fraction=args.val_fraction, force=args.force)
+    res = prepare_cifake(args.out, source=args.source, hf_id=args.hf, val_fraction=args.val_fraction,
+                         force=args.force)
     counts = ", ".join(f"{s} {c['real']}+{c['ai_generated']}" for s, c in res.counts.items())
     print(f"wrote CIFAKE to {res.root} ({counts}; real+ai_generated) from {res.source}")
     return 0
@@ -457,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--source", help="a CIFAKE folder already downloaded (train|test/{REAL,FAKE}); default: "
                                     "download from Hugging Face")
+    p.add_argument("--hf", metavar="ID", help="the Hugging Face copy to download (default "
+                                              "dragonintelligence/CIFAKE-image-dataset; the README lists others)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train moved to val (by file hash)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty folder")
     p.set_defaults(func=cmd_data_cifake)
