@@ -1,13 +1,15 @@
-"""verify-data throughput and memory: the sample data, then 2k and 20k 32x32 PNG folders (generated here).
+"""verify-data throughput and memory: the sample data, then CIFAKE-shaped folders of 32x32 JPEGs
+(generated here) of 2k, 20k and 120k images (CIFAKE's own size).
 
-Target (issue #6): images per second on 2 cores using both cores; memory flat as the dataset grows (peak
-RSS of the verifying process and its workers, at 2k and 20k images). Each run is a fresh process.
+Targets: images per second on 2 cores using both cores; memory flat as the dataset grows (peak RSS of the
+verifying process and its workers). Each run is a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,7 @@ def measure(data: Path, out: Path, image_size: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", default="2000,20000", help="image counts of the 32x32 folders")
+    ap.add_argument("--sizes", default="2000,20000,120000", help="image counts of the 32x32 JPEG folders")
     args = ap.parse_args()
     from photo_detector.data.sample import generate_sample
 
@@ -62,18 +64,19 @@ def main() -> None:
         rows.append(("sample data (1,600 x 72 px PNG)", measure(sample, tmp_path / "v-sample", 64)))
         for n in (int(x) for x in args.sizes.split(",")):
             t = time.perf_counter()
-            folder = generate_sample(tmp_path / f"png32-{n}", per_class=n // 2, size=32).root
-            print(f"generated {n} 32x32 PNGs in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-            rows.append((f"{n:,} x 32 px PNG", measure(folder, tmp_path / f"v-{n}", 32)))
+            folder = generate_sample(tmp_path / f"jpeg32-{n}", per_class=n // 2, size=32, fmt="jpeg").root
+            print(f"generated {n} 32x32 JPEGs in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+            rows.append((f"{n:,} x 32 px JPEG", measure(folder, tmp_path / f"v-{n}", 32)))
+            shutil.rmtree(folder)
     cores = psutil.cpu_count()
     print(f"verify-data on {cores} cores")
     for name, r in rows:
         print(f"  {name:<32} {r['images'] / r['seconds']:8.0f} img/s   peak RSS {r['peak_rss_mib']:6.0f} MiB   "
               f"CPU/wall {r['cpu_s'] / r['wall_s']:.2f} cores   ({r['images']} images, {r['errors']} errors)")
-    big, small = rows[-1][1], rows[-2][1]
-    growth = big["peak_rss_mib"] / small["peak_rss_mib"]
-    print(f"  memory growth {small['images']} -> {big['images']} images: {growth:.2f}x "
-          f"(data grew {big['images'] / small['images']:.0f}x)")
+    first, big = rows[1][1], rows[-1][1]
+    growth = big["peak_rss_mib"] / first["peak_rss_mib"]
+    print(f"  memory growth {first['images']} -> {big['images']} images: {growth:.2f}x "
+          f"(data grew {big['images'] / first['images']:.0f}x)")
 
 
 if __name__ == "__main__":

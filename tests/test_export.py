@@ -48,3 +48,23 @@ def test_the_exported_detector_has_no_spatial_reduce_mean(trained_dir: Path) -> 
     ops = [n.op_type for n in onnx.load(trained_dir / "model.onnx").graph.node]
     assert "ReduceMean" not in ops
     assert ops.count("GlobalAveragePool") == 17  # 16 squeeze-excite blocks + the backbone's head pool
+
+
+def test_smoke_model_classifies_its_known_images_on_this_cpu(smoke_model: Path) -> None:
+    """The construction in conftest.py holds on whatever CPU runs the suite: both known images exist, each
+    on its own side of the threshold, and the ONNX model reproduces the recorded probabilities."""
+    import json
+
+    from PIL import Image
+
+    from photo_detector.inference import LoadedModel
+    from photo_detector.preprocess import to_model_input
+
+    meta = json.loads((smoke_model / "model.json").read_text())
+    model = LoadedModel.load(smoke_model)
+    for name, expected_side in (("real", False), ("ai_generated", True)):
+        entry = meta["smoke_images"][name]
+        square = np.asarray(Image.open(smoke_model / entry["file"]).convert("RGB"))[None]
+        p = float(model.probabilities(to_model_input(square, model.preprocess))[0])
+        assert (p >= meta["thresholds"]["classification"]) is expected_side
+        assert abs(p - entry["probability"]) < 1e-4

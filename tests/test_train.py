@@ -157,3 +157,18 @@ def test_training_with_jpeg_recompression_runs_and_resumes_exactly(sample_dir: P
         run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=kill_after_first_epoch)
     resumed = run_train(sample_dir, tmp_path / "cut", cfg, resume=True)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+
+
+def test_an_attached_gpu_torch_cannot_use_is_an_error_not_a_cpu_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from photo_detector.train import gpu_attached, select_device
+
+    if torch.cuda.is_available():
+        pytest.skip("torch can use the GPU here")
+    with pytest.raises(PhotoDetectorError, match="a GPU is attached but torch cannot use it.*driver"):
+        select_device("auto", attached=lambda: True)
+    assert select_device("auto", attached=lambda: False).type == "cpu"
+    assert select_device("cpu", attached=lambda: True).type == "cpu", "an explicit cpu is respected"
+    with pytest.raises(PhotoDetectorError, match="no CUDA device is visible"):
+        select_device("cuda", attached=lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_attached() is False, "GPUs hidden on purpose are not attached"

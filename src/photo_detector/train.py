@@ -62,7 +62,12 @@ class TrainResult:
 
 
 def gpu_attached() -> bool:
-    """An NVIDIA GPU is attached to this machine or container (device node), whether or not torch can use it."""
+    """An NVIDIA GPU is attached to this machine or container (device node), whether or not torch can use it,
+    and not hidden on purpose (CUDA_VISIBLE_DEVICES empty or -1)."""
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
     return Path("/dev/nvidia0").exists()
 
 
