@@ -12,6 +12,7 @@ from photo_detector.config import Config, load_config
 
 # Component name -> image (and package extra) it runs in.
 STAGE_IMAGES: dict[str, str] = {
+    "fingerprint": "verify",
     "verify-data": "verify",
     "train": "train",
     "evaluate": "evaluate",

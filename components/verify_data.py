@@ -15,9 +15,11 @@ def verify_data(
     metrics: Output[Metrics],
     image_size: int,
     config_overrides: dict,
+    fingerprint: str,
 ) -> NamedTuple("Outputs", [("digest", str)]):
-    """Fails the run on any error finding; `digest` keys the train step's cache on content, not URI."""
+    """Fails the run on any error finding. Cached: `fingerprint` (from listings) is part of its cache key, so
+    it re-runs when any file changes; `digest` keys the train step's cache on content."""
     from photo_detector import stages
 
     return (stages.verify_data(dataset, verified, report, metrics, image_size=image_size,
-                               config_overrides=config_overrides),)
+                               config_overrides=config_overrides, fingerprint=fingerprint),)

@@ -14,6 +14,7 @@ from photo_detector.cloud.naming import image_uri
 from photo_detector.components._factory import rebuild
 from photo_detector.components.deploy import deploy
 from photo_detector.components.evaluate import evaluate
+from photo_detector.components.fingerprint import fingerprint
 from photo_detector.components.quality_gate import quality_gate
 from photo_detector.components.train import train
 from photo_detector.components.verify_data import verify_data
@@ -28,8 +29,8 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any
     and every parameter default."""
     cfg = cfg or load_config()
     serve_image = image_uri(cfg, "serve", project)
-    verify_op, train_op, evaluate_op, gate_op, deploy_op = (
-        rebuild(c, cfg, project) for c in (verify_data, train, evaluate, quality_gate, deploy))
+    fingerprint_op, verify_op, train_op, evaluate_op, gate_op, deploy_op = (
+        rebuild(c, cfg, project) for c in (fingerprint, verify_data, train, evaluate, quality_gate, deploy))
     p, d = cfg.pipeline, cfg.deploy
 
     @dsl.pipeline(name=p.name, description=DESCRIPTION)
@@ -58,9 +59,13 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any
         data = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
         data.set_display_name("import dataset")
 
-        verified = verify_op(dataset=data.output, image_size=image_size, config_overrides=config_overrides)
-        # Never cached: it is what notices new content behind an unchanged URI; cheap next to training.
-        verified.set_display_name("verify data").set_caching_options(False).set_retry(p.retries)
+        # Never cached: listings only, seconds even for CIFAKE; it is what notices new content behind an
+        # unchanged URI. verify-data, train and evaluate are cached on it (and the parameters).
+        fp = fingerprint_op(data_uri=data_uri)
+        fp.set_display_name("fingerprint data").set_caching_options(False).set_retry(p.retries)
+        verified = verify_op(dataset=data.output, image_size=image_size, config_overrides=config_overrides,
+                             fingerprint=fp.outputs["fingerprint"])
+        verified.set_display_name("verify data").set_retry(p.retries)
 
         trained = train_op(
             verified=verified.outputs["verified"], data_digest=verified.outputs["digest"], seed=seed,
@@ -79,7 +84,9 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any
         gate = gate_op(metrics=evaluated.outputs["metrics"], min_accuracy=min_accuracy, min_f1=min_f1,
                        champion_metrics=champion_metrics, champion_from_registry=champion_from_registry,
                        config_overrides=config_overrides)
-        gate.set_display_name("quality gate").set_retry(p.retries)
+        # Never cached: it reads the registry's champion, which changes between runs. No retries: a rejection
+        # is final (API calls inside retry on their own).
+        gate.set_display_name("quality gate").set_caching_options(False)
 
         # Deploy only when the gate passed and the run asks for it (both conditions show in the console).
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"), \

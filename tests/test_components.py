@@ -89,13 +89,20 @@ def test_evaluate_component(kfp_local: Path, sample_dir: Path, trained_dir: Path
 def test_quality_gate_component(kfp_local: Path, tmp_path: Path, metrics: dict, passed: bool) -> None:
     (tmp_path / "m").write_text("{}")
 
-    @dsl.pipeline
-    def p() -> bool:
-        m = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics, metadata=metrics)
-        return quality_gate(metrics=m.output, min_accuracy=0.85, min_f1=0.80, champion_metrics={},
-                            champion_from_registry=False, config_overrides={}).outputs["Output"]
+    def gate(overrides: dict):
+        @dsl.pipeline
+        def p() -> bool:
+            m = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics, metadata=metrics)
+            return quality_gate(metrics=m.output, min_accuracy=0.85, min_f1=0.80, champion_metrics={},
+                                champion_from_registry=False, config_overrides=overrides).outputs["Output"]
+        return p
 
-    assert p().output is passed
+    assert gate({"gate.fail_run_on_reject": False})().output is passed  # the decision as a value, for dsl.If
+    if passed:
+        assert gate({})().output is True
+    else:  # the default: a rejection fails the task, so the run (and a schedule) shows red
+        with pytest.raises(RuntimeError, match="quality-gate"):
+            gate({})()
 
 
 SERVE = "europe-west4-docker.pkg.dev/proj-1/photo-detector-images/serve:c0ffee1"

@@ -32,12 +32,13 @@ def test_whole_dag_runs_locally_and_summarises(sample_dir: Path, tmp_path: Path)
     cfg = tiny_config(**{"gate.min_accuracy": 0.0, "gate.min_f1": 0.0})
     res = run_local(cfg, out=tmp_path / "runs", data=sample_dir)
     assert res.succeeded, res.error
-    assert [s["stage"] for s in res.stages] == ["verify-data", "train", "evaluate", "quality-gate", "deploy"]
+    assert [s["stage"] for s in res.stages] == ["fingerprint", "verify-data", "train", "evaluate", "quality-gate",
+                                                "deploy"]
     gate = res.stage("quality-gate")["summary"]
     assert gate["passed"] is True and gate["rule"].startswith("no champion")
     plan = json.loads(Path(res.stage("deploy")["summary"]["plan"]).read_text())
     assert plan["dry_run"] is True and plan["service"]["template"]["containers"][0]["image"].endswith("serve:0.1.0")
-    assert set(res.task_logs) >= {"verify-data", "train", "evaluate", "quality-gate", "deploy"}
+    assert set(res.task_logs) >= {"fingerprint", "verify-data", "train", "evaluate", "quality-gate", "deploy"}
     assert "epoch 2/2" in res.task_logs["train"].read_text()
     assert res.kfp_overhead_per_task < 5  # the closing note reports the measured figure on the sample data
 

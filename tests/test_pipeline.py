@@ -16,7 +16,7 @@ from photo_detector.stages import PIPELINE_PARAMETERS, stage_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ROOT / DEFAULT_OUTPUT
-STAGES = ("verify-data", "train", "evaluate", "quality-gate", "deploy")
+STAGES = ("fingerprint", "verify-data", "train", "evaluate", "quality-gate", "deploy")
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,14 @@ def test_spec_parses_strictly_into_pipeline_spec(spec: dict) -> None:
     assert parsed.pipeline_info.name == load_config().pipeline.name
 
 
-def test_dag_has_exactly_the_five_stages_and_their_edges(spec: dict) -> None:
+def test_dag_has_exactly_the_stages_and_their_edges(spec: dict) -> None:
     tasks = _component_tasks(spec)
     assert set(tasks) == {*STAGES, "importer"}
     root = spec["root"]["dag"]["tasks"]
-    assert root["verify-data"]["dependentTasks"] == ["importer"]
+    assert sorted(root["verify-data"]["dependentTasks"]) == ["fingerprint", "importer"]
+    assert root["verify-data"]["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"] == {
+        "outputParameterKey": "fingerprint", "producerTask": "fingerprint"}
+    assert root["fingerprint"]["inputs"]["parameters"]["data_uri"]["componentInputParameter"] == "data_uri"
     assert root["train"]["dependentTasks"] == ["verify-data"]
     assert sorted(root["evaluate"]["dependentTasks"]) == ["train", "verify-data"]
     # evaluate scores the verified data (quarantined and broken files left out), not the raw import
@@ -87,7 +90,8 @@ def test_each_stage_has_its_own_image(spec: dict) -> None:
     cfg = load_config()
     executors = spec["deploymentSpec"]["executors"]
     images = {name: e["container"]["image"] for name, e in executors.items() if "container" in e}
-    assert len(images) == len(STAGES) and len(set(images.values())) == len(STAGES)
+    assert len(images) == len(STAGES) and len(set(images.values())) == len(STAGES) - 1
+    assert images["exec-fingerprint"] == images["exec-verify-data"], "the fingerprint runs in the verify image"
     assert all(i.startswith(image_registry(cfg) + "/") and i.endswith(":" + cfg.images.tag)
                for i in images.values())
     assert image_registry(cfg) == "us-central1-docker.pkg.dev/PROJECT_ID/photo-detector-images"
@@ -102,15 +106,19 @@ def test_train_asks_for_one_t4_with_the_n1_standard_4_shape(spec: dict) -> None:
     assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == ("4", "15G")
     others = [e["container"] for n, e in spec["deploymentSpec"]["executors"].items()
               if n != "exec-train" and "container" in e]
-    assert len(others) == 4 and all("resources" not in c for c in others)
+    assert len(others) == 5 and all("resources" not in c for c in others)
 
 
 def test_retries_and_caching_follow_idempotence(spec: dict) -> None:
     tasks = _component_tasks(spec)
     retried = {n for n, t in tasks.items() if t.get("retryPolicy", {}).get("maxRetryCount")}
-    assert retried == {"verify-data", "evaluate", "quality-gate"}
+    assert retried == {"fingerprint", "verify-data", "evaluate"}, "a rejection by the gate is not retried"
     uncached = {n for n, t in tasks.items() if not t.get("cachingOptions", {}).get("enableCache")}
-    assert uncached == {"verify-data", "deploy"}
+    # Content-keyed stages are cached (on the fingerprint and the parameters); what reads live state is not:
+    # the fingerprint (listings), the gate (the registry's champion) and deploy (a rollout).
+    assert uncached == {"fingerprint", "quality-gate", "deploy"}
+    assert {n for n, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")} == {
+        "importer", "verify-data", "train", "evaluate"}
 
 
 def test_train_cache_key_includes_the_data_content_digest(spec: dict) -> None:
@@ -133,9 +141,9 @@ def test_parameters_carry_the_config_names_and_defaults(spec: dict) -> None:
 def test_compile_with_another_registry_and_tag_changes_only_images(tmp_path: Path) -> None:
     cfg = load_config(None, {"images.registry": "europe-docker.pkg.dev/p/r", "images.tag": "abc123"})
     doc = yaml.safe_load(compile_pipeline(cfg, tmp_path / "p.yaml").read_text())
-    images = [e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e]
-    assert sorted(images) == sorted(f"europe-docker.pkg.dev/p/r/{s}:abc123"
-                                    for s in ("verify", "train", "evaluate", "gate", "deploy"))
+    images = {e["container"]["image"] for e in doc["deploymentSpec"]["executors"].values() if "container" in e}
+    assert images == {f"europe-docker.pkg.dev/p/r/{s}:abc123" for s in ("verify", "train", "evaluate", "gate",
+                                                                        "deploy")}
     deploy = doc["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]
     assert deploy["inputs"]["parameters"]["serve_image"]["runtimeValue"]["constant"] == \
         "europe-docker.pkg.dev/p/r/serve:abc123", "the deploy task rolls out the serve image of the same build"

@@ -37,6 +37,16 @@ def test_no_model_means_no_champion(registry: FakeVertex) -> None:
     assert champion_metrics(resolve(cfg), cfg) is None
 
 
+def test_a_model_without_the_champion_alias_means_no_champion_yet(registry: FakeVertex) -> None:
+    """The alias lookup answers 404: that is "no champion yet", not an error that fails the gate."""
+    first = register(1, 0.90)
+    for version in registry.state["models"][first["resource_name"]]:
+        version["versionAliases"] = []
+    cfg = load_config()
+    assert champion_metrics(resolve(cfg), cfg) is None
+    assert registry.calls("GET", r"@champion$"), "the alias was asked for and answered 404"
+
+
 def test_versions_of_one_model_and_the_champion_alias_moves(registry: FakeVertex) -> None:
     first = register(1, 0.90)
     second = register(2, 0.93)
@@ -62,9 +72,14 @@ def test_gate_stage_compares_with_the_registry_champion(registry: FakeVertex, tm
     register(1, 0.95)
     metrics = dsl.Metrics(uri=str(tmp_path / "m"), metadata={"accuracy": 0.93, "f1": 0.92})
     decision = dsl.Artifact(uri=str(tmp_path / "d"))
-    passed = stages.quality_gate(metrics, decision, champion_metrics={}, config_overrides={}, min_accuracy=0.85,
+    passed = stages.quality_gate(metrics, decision, champion_metrics={},
+                                 config_overrides={"gate.fail_run_on_reject": False}, min_accuracy=0.85,
                                  min_f1=0.8, champion_from_registry=True)
     assert passed is False
+    with pytest.raises(SystemExit) as stopped:  # the default: the rejection fails the task and the run
+        stages.quality_gate(metrics, decision, champion_metrics={}, config_overrides={}, min_accuracy=0.85,
+                            min_f1=0.8, champion_from_registry=True)
+    assert stopped.value.code == 2
     record = json.loads((tmp_path / "d").read_text())
     assert record["rule"].startswith("absolute thresholds and not worse than the champion")
     assert any(c["name"] == "champion_accuracy" and not c["passed"] for c in record["checks"])

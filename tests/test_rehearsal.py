@@ -25,7 +25,7 @@ def test_every_image_runs_its_stage_from_the_wheel(tmp_path: Path) -> None:
     assert report["failures"] == []
     assert {k: v["torch"] for k, v in report["environments"].items()} == {
         "verify": False, "train": True, "evaluate": False, "gate": False, "deploy": False, "serve": False}
-    assert list(report["stages"]) == ["verify-data", "train", "evaluate", "quality-gate", "deploy"]
+    assert list(report["stages"]) == ["fingerprint", "verify-data", "train", "evaluate", "quality-gate", "deploy"]
     assert report["stages"]["quality-gate"]["parameters"] == {"Output": True}
     assert report["stages"]["verify-data"]["parameters"]["digest"].startswith("sha256:")
     assert report["serve"]["predict_status"] == 200 and report["serve"]["health"]["status"] == "ok"

@@ -167,11 +167,11 @@ def test_template_upload_with_tags_then_submit_by_name_and_tag(gcs: str, vertex,
     up = cli("template", "upload", str(COMPILED), "--tag", "abc123", "--tag", "latest", env=env)
     assert up.returncode == 0, up.stderr
     post = reg.calls("POST")[0]
-    assert post.path == "/proj/photo-detector"
+    assert post.path == "/proj/photo-detector-pipelines"  # the KFP repository, not the Docker one
     assert post.body["tags"] == "abc123,latest" and post.body["content"] == COMPILED.read_bytes()
     out = cli("submit", "--template", "photo-detector-training:abc123", "--param", "epochs=2", env=env)
     assert out.returncode == 0, out.stderr
-    assert reg.calls("GET")[0].path == "/proj/photo-detector/photo-detector-training/abc123"
+    assert reg.calls("GET")[0].path == "/proj/photo-detector-pipelines/photo-detector-training/abc123"
     body = api.calls("POST", r"/pipelineJobs$")[0].body
     assert body["runtimeConfig"]["parameterValues"]["epochs"] == 2
     missing = cli("submit", "--template", "photo-detector-training:nope", env=env)

@@ -40,8 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "compiled" / "training_pipeline.yaml"
 IMAGES = ("verify", "train", "evaluate", "gate", "deploy", "serve")
-TASK_IMAGE = {"verify-data": "verify", "train": "train", "evaluate": "evaluate", "quality-gate": "gate",
-              "deploy": "deploy"}
+TASK_IMAGE = {"fingerprint": "verify", "verify-data": "verify", "train": "train", "evaluate": "evaluate",
+              "quality-gate": "gate", "deploy": "deploy"}
 # Small enough to train in seconds on 2 cores; every other parameter keeps the spec's default.
 PARAMETERS = {"image_size": 32, "batch_size": 16, "epochs": 2, "min_accuracy": 0.0, "min_f1": 0.0,
               "champion_from_registry": False, "deploy_dry_run": True, "project": "rehearsal-project",
@@ -254,7 +254,10 @@ def check_outputs(task: str, produced: dict[str, Any], report: Report) -> None:
     def exists(name: str) -> bool:
         return report.check(Path(art(name)["uri"]).exists(), f"{task}: output artifact {name} was not written")
 
-    if task == "verify-data":
+    if task == "fingerprint":
+        report.check(str(produced["parameters"].get("fingerprint-fingerprint", "")).startswith("fp:"),
+                     "fingerprint: no fingerprint output parameter")
+    elif task == "verify-data":
         exists("verified"), exists("report")
         report.check(str(produced["parameters"].get("verify-data-digest", "")).startswith("sha256:"),
                      "verify-data: no digest output parameter")
@@ -296,7 +299,7 @@ def rehearse_pipeline(envs: dict[str, Path], work: Path, data: Path, report: Rep
         "name": "projects/123/locations/us-central1/metadataStores/default/artifacts/dataset",
         "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"}, "uri": str(data), "metadata": {}}
     tasks = flat_tasks(spec)
-    for task in ("verify-data", "train", "evaluate", "quality-gate", "deploy"):
+    for task in TASK_IMAGE:
         if task not in tasks or TASK_IMAGE[task] not in envs:
             report.check(False, f"{task}: missing from the spec or its environment failed")
             return None

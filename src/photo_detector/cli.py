@@ -640,6 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     except PhotoDetectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a Google API error that no command handled: one line, with the fix
+        from photo_detector.cloud.retry import user_error
+
+        err = user_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -120,6 +120,7 @@ class GateConfig:
     min_accuracy: float = _f(0.85, lo=0.0, hi=1.0)
     min_f1: float = _f(0.80, lo=0.0, hi=1.0)
     champion_from_registry: bool = _f(True)
+    fail_run_on_reject: bool = _f(True)
 
 
 @dataclass

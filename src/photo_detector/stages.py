@@ -94,7 +94,15 @@ def _stage(name: str) -> Callable[[F], F]:
             start = time.perf_counter()
             log.info("stage %s: start", name)
             try:
-                result, summary = fn(*args, **kwargs)
+                try:
+                    result, summary = fn(*args, **kwargs)
+                except Exception as exc:  # a Google API error: one line with the fix, like any other
+                    from photo_detector.cloud.retry import user_error
+
+                    err = user_error(exc) if not isinstance(exc, PhotoDetectorError) else None
+                    if err is None:
+                        raise
+                    raise err from None
             except PhotoDetectorError as exc:
                 seconds = time.perf_counter() - start
                 _record({"stage": name, "status": "failed", "seconds": seconds, "error": str(exc)})
@@ -114,9 +122,17 @@ def _log_metrics(metrics: Any, values: dict[str, float]) -> None:
             metrics.log_metric(key, float(value))
 
 
+@_stage("fingerprint")
+def fingerprint(data_uri: str) -> tuple[tuple[str, int], dict[str, Any]]:
+    from photo_detector.fingerprint import fingerprint as take
+
+    fp = take(data_uri)
+    return (fp.digest, fp.files), {"fingerprint": fp.digest, "files": fp.files, "bytes": fp.bytes}
+
+
 @_stage("verify-data")
 def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image_size: int,
-                config_overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+                config_overrides: dict[str, Any], fingerprint: str = "") -> tuple[str, dict[str, Any]]:
     from photo_detector.verify import REPORT_MD, quarantine_metadata, run_verify
 
     cfg = stage_config(config_overrides, image_size=image_size)
@@ -127,7 +143,8 @@ def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image
         if md.is_file():
             shutil.copyfile(md, report.path)
     _log_metrics(metrics, result.metrics())
-    verified.metadata.update({"digest": result.digest, "source_uri": dataset.uri, "counts": result.counts,
+    verified.metadata.update({"digest": result.digest, "fingerprint": fingerprint, "source_uri": dataset.uri,
+                              "counts": result.counts,
                               "shortcut": result.shortcut, **quarantine_metadata(result)})
     return result.digest, {"digest": result.digest, "images": result.n_images, "verified": verified.path,
                            "report": report.path, "warnings": len(result.warnings),
@@ -199,6 +216,10 @@ def quality_gate(metrics: Any, decision: Any, *, champion_metrics: dict[str, Any
                               "reasons": [c.reason for c in result.checks]})
     for c in result.checks:
         log.info("check %-16s %s: %s", c.name, "pass" if c.passed else "FAIL", c.reason)
+    if not result.passed and cfg.gate.fail_run_on_reject:
+        raise PhotoDetectorError("the quality gate rejected the model: " + "; ".join(result.reasons),
+                                 f"nothing was deployed; the decision is in {decision.path}. Set "
+                                 "gate.fail_run_on_reject=false for runs that end green on a rejection")
     return result.passed, {"passed": result.passed, "rule": result.rule, "checks": [c.reason for c in result.checks],
                            "decision": decision.path}
 

@@ -12,8 +12,9 @@ import logging
 import re
 from typing import Any
 
+from photo_detector.cloud.retry import with_retries
 from photo_detector.cloud.settings import Settings
-from photo_detector.cloud.vertex import init_vertex, with_retries
+from photo_detector.cloud.vertex import init_vertex
 from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
 

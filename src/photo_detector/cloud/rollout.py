@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from photo_detector.artifacts import read_metadata
+from photo_detector.cloud.retry import api_error, with_retries
 from photo_detector.cloud.run_service import model_version, service_body, service_name
 from photo_detector.cloud.settings import Settings
-from photo_detector.cloud.vertex import api_error, with_retries
 from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
 

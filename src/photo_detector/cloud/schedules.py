@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from photo_detector.cloud.retry import with_retries
 from photo_detector.cloud.settings import Settings
-from photo_detector.cloud.vertex import check_pipeline_root, init_vertex, load_template, parse_parameters, with_retries
+from photo_detector.cloud.vertex import check_pipeline_root, init_vertex, load_template, parse_parameters
 from photo_detector.errors import PhotoDetectorError
 
 

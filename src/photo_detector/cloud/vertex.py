@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import secrets
 import tempfile
@@ -21,12 +20,16 @@ from typing import Any
 
 import yaml
 
+from photo_detector.cloud.retry import api_error, with_retries
 from photo_detector.cloud.settings import Settings
 from photo_detector.errors import PhotoDetectorError
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (429, 500, 502, 503, 504)
+# What a Vertex AI error means for the person running the CLI.
+VERTEX_HINTS = {403: "check that the account has roles/aiplatform.user on the project",
+                404: "check the project, region and name",
+                409: "a resource with that id already exists; retry without --job-id"}
 TERMINAL_STATES = {"PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED"}
 
 
@@ -83,40 +86,6 @@ def unique_job_id(pipeline_name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors and retries
-
-
-def api_error(action: str, exc: Exception) -> PhotoDetectorError:
-    code = getattr(exc, "code", None)
-    message = getattr(exc, "message", None) or str(exc)
-    hints = {403: "check that the account has roles/aiplatform.user on the project",
-             404: "check the project, region and name",
-             409: "a resource with that id already exists; retry without --job-id",
-             429: "quota exceeded; retry later",
-             401: "run `gcloud auth application-default login`"}
-    hint = hints.get(int(code)) if isinstance(code, int) else None
-    return PhotoDetectorError(f"{action} failed: {f'HTTP {code} ' if code else ''}{message}".strip(),
-                              hint or "retry later; if it persists, check the Vertex AI status page")
-
-
-def with_retries(action: str, call: Callable[[], Any], *, attempts: int = 4, backoff: float | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Retry on 429 and 5xx (exponential backoff from $PHOTO_DETECTOR_RETRY_BACKOFF seconds, default 1);
-    any other API error is final."""
-    from google.api_core import exceptions as gexc
-
-    if backoff is None:
-        backoff = float(os.environ.get("PHOTO_DETECTOR_RETRY_BACKOFF", "1.0"))
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except gexc.GoogleAPICallError as exc:
-            if exc.code in RETRYABLE and attempt < attempts:
-                delay = backoff * 2 ** (attempt - 1)
-                log.warning("%s: HTTP %s, retrying in %.1fs (%d/%d)", action, exc.code, delay, attempt, attempts)
-                sleep(delay)
-                continue
-            raise api_error(action, exc) from None
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +184,7 @@ def submit(settings: Settings, template: str | Path, *, params: list[str] | None
         with _without_sdk_bucket_check():
             with_retries(f"submitting {job_id}", lambda: job.submit(
                 service_account=settings.service_account or None,
-                experiment=experiment or settings.experiment or None))
+                experiment=experiment or settings.experiment or None), hints=VERTEX_HINTS)
     log.info("submitted %s from %s", job_id, source)
     url = settings.console_url(job_id)
     state = _state_name(job)
@@ -234,7 +203,7 @@ def follow(job: Any, *, poll_seconds: float = 30.0, on_state: Callable[[str], No
     """Poll until the run ends; report each state change."""
     last = None
     while True:
-        state = with_retries("reading the run's state", lambda: job.state)
+        state = with_retries("reading the run's state", lambda: job.state, hints=VERTEX_HINTS)
         name = getattr(state, "name", str(state))
         if name != last and on_state:
             on_state(name)
