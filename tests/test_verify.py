@@ -259,4 +259,4 @@ def test_banded_near_pair_search_equals_brute_force(max_distance: int) -> None:
         h[1000 + k] = h[k] ^ np.uint64(sum(1 << int(b) for b in bits))
     d = popcount(h[:, None] ^ h[None, :])
     i, j = np.nonzero(np.triu(d <= max_distance, 1))
-    assert set(near_pairs(h, max_distance)) == set(zip(i.tolist(), j.tolist(), strict=True))
+    assert set(map(tuple, near_pairs(h, max_distance).tolist())) == set(zip(i.tolist(), j.tolist(), strict=True))

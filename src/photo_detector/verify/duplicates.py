@@ -22,10 +22,11 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
-    """Index pairs i < j whose 64-bit hashes differ in at most `max_distance` bits, without comparing all
-    pairs: split the hash into max_distance + 1 bands; two hashes that close agree exactly on at least one
-    band (pigeonhole), so only hashes sharing a band value are compared."""
+def near_pairs(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """(k, 2) index pairs i < j whose 64-bit hashes differ in at most `max_distance` bits, without comparing
+    all pairs: split the hash into max_distance + 1 bands; two hashes that close agree exactly on at least one
+    band (pigeonhole), so only hashes sharing a band value are compared. An array, not tuples: look-alike
+    data yields millions of candidates (16 bytes each here, ~70 as Python tuples)."""
     n = len(hashes)
     bands = max_distance + 1
     width = -(-64 // bands)
@@ -51,13 +52,11 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
                 a, c = block[i], members[j]
                 keep = a < c
                 found.append(a[keep].astype(np.int64) * n + c[keep])
-    if not found:
-        return []
-    keys = np.unique(np.concatenate(found))
-    return list(zip((keys // n).tolist(), (keys % n).tolist(), strict=True))
+    keys = np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
+    return np.stack([keys // n, keys % n], axis=1)
 
 
-def groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+def groups(n: int, pairs: np.ndarray) -> list[list[int]]:
     """Connected groups of indices (union-find), for reporting look-alikes within a split."""
     parent = list(range(n))
 
@@ -67,18 +66,18 @@ def groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
             a = parent[a]
         return a
 
-    for a, b in pairs:
+    for a, b in pairs.tolist():
         parent[find(a)] = find(b)
     out: dict[int, list[int]] = defaultdict(list)
-    for i in {x for p in pairs for x in p}:
+    for i in np.unique(pairs).tolist():
         out[find(i)].append(i)
     return [sorted(g) for g in out.values()]
 
 
 @dataclass(frozen=True)
 class Pairs:
-    exact: list[tuple[int, int]]
-    near: list[tuple[int, int]]
+    exact: np.ndarray  # (k, 2) indices
+    near: np.ndarray
 
 
 def find_duplicates(pixels: list[bytes], hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
@@ -88,16 +87,17 @@ def find_duplicates(pixels: list[bytes], hashes: np.ndarray, thumbs: np.ndarray,
     by_pixels: dict[bytes, list[int]] = defaultdict(list)
     for i, digest in enumerate(pixels):
         by_pixels[digest].append(i)
-    exact = [(g[0], j) for g in by_pixels.values() if len(g) > 1 for j in g[1:]]
+    exact = np.array([(g[0], j) for g in by_pixels.values() if len(g) > 1 for j in g[1:]], np.int64).reshape(-1, 2)
     same = np.empty(len(pixels), np.int64)
     for g in by_pixels.values():
         same[g] = g[0]
-    near: list[tuple[int, int]] = []
+    del by_pixels
+    near = [np.empty((0, 2), np.int64)]
     if max_distance >= 0 and len(pixels) > 1:
-        candidates = np.array(near_pairs(hashes, max_distance), np.int64).reshape(-1, 2)
+        candidates = near_pairs(hashes, max_distance)
         for k in range(0, len(candidates), chunk):
             a, b = candidates[k:k + chunk, 0], candidates[k:k + chunk, 1]
             mad = np.abs(thumbs[a].astype(np.int16) - thumbs[b].astype(np.int16)).mean(axis=1)
             keep = (same[a] != same[b]) & (mad <= max_mad)
-            near += list(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
-    return Pairs(exact, near)
+            near.append(candidates[k:k + chunk][keep])
+    return Pairs(exact, np.concatenate(near))

@@ -22,9 +22,11 @@ Leakage errors past `verify.max_quarantine_fraction` of a split, or always with 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ from photo_detector.errors import DataError
 from photo_detector.io import write_json_atomic, write_text_atomic
 from photo_detector.progress import progress
 from photo_detector.verify.duplicates import Pairs, find_duplicates, groups
-from photo_detector.verify.inspect import THUMB, Job, inspect
+from photo_detector.verify.inspect import THUMB, Job, inspect_many
 from photo_detector.verify.pack import PACKED_SPLITS, PackedWriter
 from photo_detector.verify.report import REPORT_JSON, REPORT_MD, Finding, Quarantined, VerifyResult
 from photo_detector.verify.shortcut import aligned_key, metadata_key, shortcut_score
@@ -49,7 +51,8 @@ from photo_detector.verify.shortcut import aligned_key, metadata_key, shortcut_s
 log = logging.getLogger(__name__)
 
 EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
-CHUNK = 64
+CHUNK = 64  # files per worker round trip
+IN_FLIGHT = 4  # batches queued per worker: enough to keep both cores busy, few enough to keep memory flat
 SPLIT_RANK = {split: rank for rank, split in enumerate(SPLITS)}  # the later split's twin is the one left out
 METADATA_LISTED = 100  # quarantined files recorded in the verified Dataset's metadata (all are in the report)
 
@@ -120,9 +123,9 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
     hashes = np.zeros(len(files), np.uint64)
     thumbs = np.zeros((len(files), THUMB * THUMB), np.uint8)
     pixels: list[bytes] = [b""] * len(files)
-    jobs = [Job(str(f.path), size, cfg.verify.max_image_pixels, align) for f in files]
-    with ProcessPoolExecutor(workers) as pool, progress(total=len(jobs), desc="verify", unit="img") as bar:
-        for i, info in enumerate(pool.map(inspect, jobs, chunksize=CHUNK)):
+    jobs = (Job(str(f.path), size, cfg.verify.max_image_pixels, align) for f in files)
+    with ProcessPoolExecutor(workers) as pool, progress(total=len(files), desc="verify", unit="img") as bar:
+        for i, info in enumerate(_bounded_map(pool, jobs, workers)):
             f = files[i]
             square = info.pop("square", None)
             if "phash" in info:
@@ -173,6 +176,22 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
     return result
 
 
+def _bounded_map(pool: ProcessPoolExecutor, jobs: Iterator[Job], workers: int) -> Iterator[dict[str, Any]]:
+    """Results in order, with at most IN_FLIGHT batches per worker submitted: `Executor.map` submits every
+    job at once, and when this process falls behind the workers their results (a packed square each) pile
+    up; bounded, memory stays flat at any dataset size."""
+    pending: deque[Any] = deque()
+    while True:
+        while len(pending) < IN_FLIGHT * workers:
+            batch = list(itertools.islice(jobs, CHUNK))
+            if not batch:
+                break
+            pending.append(pool.submit(inspect_many, batch))
+        if not pending:
+            return
+        yield from pending.popleft().result()
+
+
 def quarantine_metadata(result: VerifyResult) -> dict[str, Any]:
     """What the verified Dataset's metadata records of the quarantine, so lineage shows what was set aside."""
     return {"quarantined": len(result.quarantined),
@@ -186,8 +205,9 @@ def _leakage(good: list[_File], pairs: Pairs, counts: dict[str, dict[str, int]],
     left out; training images are never dropped. With `error`, every pair is an error."""
     what = {"exact-duplicates": "identical pixels",
             "near-duplicates": f"near-identical content (hash within {cfg.verify.near_duplicate_distance} bits)"}
+    split_of = np.array([SPLIT_RANK[f.split] for f in good], np.int8)
     across = [(kind, a, b) for kind, found in (("exact-duplicates", pairs.exact), ("near-duplicates", pairs.near))
-              for a, b in found if good[a].split != good[b].split]
+              for a, b in found[split_of[found[:, 0]] != split_of[found[:, 1]]].tolist()]
     if cfg.verify.leakage == "error":
         for kind in what:
             these = [(a, b) for k, a, b in across if k == kind]
@@ -223,9 +243,10 @@ def _leakage(good: list[_File], pairs: Pairs, counts: dict[str, dict[str, int]],
 
 
 def _within_split(good: list[_File], pairs: Pairs, findings: list[Finding]) -> None:
+    split_of = np.array([SPLIT_RANK[f.split] for f in good], np.int8)
     for kind, found in (("exact-duplicates", pairs.exact), ("near-duplicates", pairs.near)):
-        within = [(a, b) for a, b in found if good[a].split == good[b].split]
-        if within:
+        within = found[split_of[found[:, 0]] == split_of[found[:, 1]]]
+        if len(within):
             gs = groups(len(good), within)
             findings.append(Finding(kind, "warning", f"{len(gs)} group(s) of images showing the same picture "
                                     f"within a split ({kind}): " + "; ".join(" = ".join(good[i].rel for i in g)
