@@ -13,12 +13,13 @@ def quality_gate(
     min_f1: float,
     champion_metrics: dict,
     champion_from_registry: bool,
+    pipeline_job: str,
     config_overrides: dict,
 ) -> bool:
     """`decision` lists every check with its value, threshold and result; the returned pass/fail drives
     dsl.If. (A single `Output`, not a named one: kfp local resolves only that form inside conditions.)"""
     from photo_detector import stages
 
-    return stages.quality_gate(metrics, decision, champion_metrics=champion_metrics,
+    return stages.quality_gate(metrics, decision, champion_metrics=champion_metrics, pipeline_job=pipeline_job,
                                config_overrides=config_overrides, min_accuracy=min_accuracy, min_f1=min_f1,
                                champion_from_registry=champion_from_registry)

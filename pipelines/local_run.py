@@ -131,7 +131,7 @@ def run_local(cfg: Config, *, out: str | Path = "runs", data: str | Path | None 
     stage_log = run_dir / "stages.jsonl"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "pipeline"),
                raise_on_error=True)
-    pipeline = build_pipeline(cfg)
+    pipeline = build_pipeline(cfg, local=True)
     failed, error = None, None
     previous = os.environ.get(STAGE_LOG_ENV)
     os.environ[STAGE_LOG_ENV] = str(stage_log)

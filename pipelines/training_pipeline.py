@@ -24,10 +24,12 @@ DESCRIPTION = ("Detector of AI-generated product photos: verify the data, train 
                "evaluate the exported ONNX model, gate on accuracy/F1, deploy to Cloud Run.")
 
 
-def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any:
+def build_pipeline(cfg: Config | None = None, project: str | None = None, *, local: bool = False) -> Any:
     """The pipeline bound to `cfg` (and `project`, for derived names): its images, the train task's resources
-    and every parameter default."""
+    and every parameter default. `local=True` for kfp local, which cannot resolve the job resource-name
+    placeholder that tells the gate and deploy tasks the project and region of the run on Vertex."""
     cfg = cfg or load_config()
+    job = "" if local else dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER
     serve_image = image_uri(cfg, "serve", project)
     fingerprint_op, verify_op, train_op, evaluate_op, gate_op, deploy_op = (
         rebuild(c, cfg, project) for c in (fingerprint, verify_data, train, evaluate, quality_gate, deploy))
@@ -83,7 +85,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any
 
         gate = gate_op(metrics=evaluated.outputs["metrics"], min_accuracy=min_accuracy, min_f1=min_f1,
                        champion_metrics=champion_metrics, champion_from_registry=champion_from_registry,
-                       config_overrides=config_overrides)
+                       pipeline_job=job, config_overrides=config_overrides)
         # Never cached: it reads the registry's champion, which changes between runs. No retries: a rejection
         # is final (API calls inside retry on their own).
         gate.set_display_name("quality gate").set_caching_options(False)
@@ -94,6 +96,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None) -> Any
             deployed = deploy_op(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
                                  serve_image=serve_image, service_name=service_name, region=region, project=project,
                                  dry_run=deploy_dry_run, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                 pipeline_job=job,
                                  config_overrides=config_overrides)
             # Never cached: a cache hit would report a rollout that did not happen.
             deployed.set_display_name("deploy to Cloud Run").set_caching_options(False)

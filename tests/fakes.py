@@ -316,6 +316,13 @@ class FakeCloudRun(FakeAPI):
             public = {k: v for k, v in svc.items() if k != "revisions"}
             return 200, {"name": f"{name}/operations/op-{len(self.requests)}", "done": True,
                          "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **public}}
+        if req.method == "DELETE":
+            if svc is None:
+                return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+            del services[name]
+            public = {k: v for k, v in svc.items() if k != "revisions"}
+            return 200, {"name": f"{name}/operations/op-{len(self.requests)}", "done": True,
+                         "response": {"@type": "type.googleapis.com/google.cloud.run.v2.Service", **public}}
         return 405, {"error": {"code": 405, "message": "method not allowed"}}
 
 

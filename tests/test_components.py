@@ -35,7 +35,8 @@ def test_verify_data_component(kfp_local: Path, sample_dir: Path) -> None:
     @dsl.pipeline
     def p() -> dsl.Dataset:
         data = dsl.importer(artifact_uri=str(sample_dir), artifact_class=dsl.Dataset)
-        return verify_data(dataset=data.output, image_size=32, config_overrides=TINY_OVERRIDES).outputs["verified"]
+        return verify_data(dataset=data.output, image_size=32, config_overrides=TINY_OVERRIDES,
+                           fingerprint="fp:test").outputs["verified"]
 
     verified = p().output
     manifest = json.loads((Path(verified.path) / "manifest.json").read_text())
@@ -49,7 +50,7 @@ def test_train_component_reads_the_packed_data(kfp_local: Path, sample_dir: Path
     @dsl.pipeline
     def p() -> dsl.Model:
         data = dsl.importer(artifact_uri=str(sample_dir), artifact_class=dsl.Dataset)
-        v = verify_data(dataset=data.output, image_size=32, config_overrides=TINY_OVERRIDES)
+        v = verify_data(dataset=data.output, image_size=32, config_overrides=TINY_OVERRIDES, fingerprint="fp:test")
         t = train(verified=v.outputs["verified"], data_digest=v.outputs["digest"], config_overrides=TINY_OVERRIDES,
                   **TINY_PARAMS)
         return t.outputs["model"]
@@ -93,7 +94,7 @@ def test_quality_gate_component(kfp_local: Path, tmp_path: Path, metrics: dict, 
         @dsl.pipeline
         def p() -> bool:
             m = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics, metadata=metrics)
-            return quality_gate(metrics=m.output, min_accuracy=0.85, min_f1=0.80, champion_metrics={},
+            return quality_gate(metrics=m.output, min_accuracy=0.85, min_f1=0.80, champion_metrics={}, pipeline_job="",
                                 champion_from_registry=False, config_overrides=overrides).outputs["Output"]
         return p
 
@@ -118,7 +119,8 @@ def test_deploy_component_writes_the_exact_service_in_a_dry_run(kfp_local: Path,
         metrics = dsl.importer(artifact_uri=str(tmp_path / "m"), artifact_class=dsl.Metrics,
                                metadata={"accuracy": 0.9, "f1": 0.9})
         return deploy(model=model.output, metrics=metrics.output, serve_image=SERVE, service_name="detector-test",
-                      region="europe-west4", project="proj-1", dry_run=True, pipeline_run="run-1",
+                      pipeline_job="projects/proj-1/locations/europe-west4/pipelineJobs/run-1",
+                      region="", project="", dry_run=True, pipeline_run="run-1",
                       config_overrides={}).outputs["deployment"]
 
     out = p().output

@@ -166,3 +166,12 @@ def test_struct_parameters_arrive_as_doubles_and_are_coerced() -> None:
     assert cfg.data.num_workers == 2 and cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     with pytest.raises(Exception, match="must be an integer"):
         stage_config({"data.num_workers": 2.5})
+
+
+def test_gate_and_deploy_learn_the_project_and_region_of_their_run(spec: dict) -> None:
+    """Not gcp.region from the packaged defaults: the job resource name Vertex fills in at run time."""
+    gate = spec["root"]["dag"]["tasks"]["quality-gate"]["inputs"]["parameters"]["pipeline_job"]
+    deploy = spec["components"]["comp-condition-2"]["dag"]["tasks"]["deploy"]["inputs"]["parameters"]
+    assert gate["runtimeValue"]["constant"] == "{{$.pipeline_job_resource_name}}"
+    assert deploy["pipeline_job"]["runtimeValue"]["constant"] == "{{$.pipeline_job_resource_name}}"
+    assert spec["root"]["inputDefinitions"]["parameters"]["region"]["defaultValue"] == ""

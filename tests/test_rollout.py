@@ -134,6 +134,15 @@ def test_failed_smoke_test_leaves_traffic_where_it_was(cloud, smoke_model, other
     assert live_traffic(cloud) == [{"revision": "detector-old", "percent": 100}]
 
 
+def test_failed_smoke_test_on_a_first_deploy_removes_the_service(cloud, smoke_model, other_model_service) -> None:
+    """No earlier revision can keep the traffic: the unverified one had it all, so the service goes."""
+    cloud.tag_url = other_model_service
+    with pytest.raises(SmokeTestFailed, match="first deploy .* the service was removed"):
+        roll(smoke_model, "gs://bucket/m", smoke_ready_timeout=10)
+    assert [r.method for r in cloud.requests] == ["GET", "PATCH", "DELETE"]
+    assert SERVICE not in cloud.state["services"]
+
+
 def test_candidate_that_accepts_requests_without_a_key_fails(cloud, smoke_model) -> None:
     existing(cloud)
     with running(create_app(str(smoke_model), load_config(), KeyChecker([], allow_all=True))) as url:

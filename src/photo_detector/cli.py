@@ -155,8 +155,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                          "deploy.project": args.project})
     if args.local:
         return _deploy_local(args, cfg)
-    from photo_detector.cloud.naming import image_uri, project_id
-    from photo_detector.cloud.run_service import run_deploy
+    from photo_detector.cloud.deploy import run_deploy, target
+    from photo_detector.cloud.naming import image_uri
     from photo_detector.serving.app import resolve_model
 
     source = str(args.model)
@@ -165,7 +165,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not args.dry_run and not source.startswith("gs://"):
         model_uri = _upload_local_model(args, cfg, model_dir)
     plan = args.plan or Path(tempfile_name("deploy-plan", ".json"))
-    serve_image = image_uri(cfg, "serve", project_id(cfg, cfg.deploy.project) or None)
+    serve_image = image_uri(cfg, "serve", target(cfg)[0] or None)
     res = run_deploy(model_dir, model_uri, cfg, serve_image=serve_image, dry_run=args.dry_run, plan_path=plan)
     if args.dry_run:
         print(Path(plan).read_text(), end="")

@@ -170,8 +170,8 @@ class GcpConfig:
 @dataclass
 class DeployConfig:
     service_name: str = _f("photo-detector")
-    project: str = _f("")
-    region: str = _f("us-central1")
+    project: str = _f("")  # "" = the project of the run (or gcp.project)
+    region: str = _f("")   # "" = the region of the run (or gcp.region)
     cpu: str = _f("1")
     memory: str = _f("1Gi")
     min_instances: int = _f(0, lo=0, hi=1000)
@@ -420,7 +420,7 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.gcp.pipeline_root and not cfg.gcp.pipeline_root.startswith("gs://"):
         raise ConfigError("config key 'gcp.pipeline_root' must be a gs:// URI", f"got {cfg.gcp.pipeline_root!r}")
     for key in ("gcp.region", "gcp.docker_repository", "gcp.kfp_repository", "images.tag", "pipeline.name",
-                "deploy.service_name", "deploy.region"):
+                "deploy.service_name"):
         if not str(cfg.get(key)).strip():
             raise ConfigError(f"config key '{key}' is empty", "set it to a non-empty value")
     if cfg.model.pretrained and cfg.model.weights is not None and not cfg.model.weights.strip():

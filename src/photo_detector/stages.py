@@ -200,16 +200,19 @@ def evaluate(model: Any, dataset: Any, metrics: Any, classification_metrics: Any
 
 @_stage("quality-gate")
 def quality_gate(metrics: Any, decision: Any, *, champion_metrics: dict[str, Any],
-                 config_overrides: dict[str, Any], **params: Any) -> tuple[bool, dict[str, Any]]:
+                 config_overrides: dict[str, Any], pipeline_job: str = "",
+                 **params: Any) -> tuple[bool, dict[str, Any]]:
     from photo_detector.gate import run_gate
 
     cfg = stage_config(config_overrides, **params)
     champion = champion_metrics or None
     if champion is None and cfg.gate.champion_from_registry:
+        from photo_detector.cloud.deploy import run_scope
         from photo_detector.cloud.registry import champion_metrics as registry_champion
         from photo_detector.cloud.settings import resolve
 
-        champion = registry_champion(resolve(cfg), cfg)
+        scope = run_scope(pipeline_job)  # the registry of the project and region the run is in
+        champion = registry_champion(resolve(cfg, {"project": scope.project, "region": scope.region}), cfg)
     result = run_gate(dict(metrics.metadata), cfg.gate, champion)
     write_json_atomic(decision.path, result.to_dict())
     decision.metadata.update({"passed": result.passed, "rule": result.rule,
@@ -226,12 +229,13 @@ def quality_gate(metrics: Any, decision: Any, *, champion_metrics: dict[str, Any
 
 @_stage("deploy")
 def deploy(model: Any, metrics: Any, deployment: Any, *, serve_image: str, dry_run: bool, pipeline_run: str,
-           config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
-    from photo_detector.cloud.run_service import run_deploy
+           config_overrides: dict[str, Any], pipeline_job: str = "", **params: Any) -> tuple[None, dict[str, Any]]:
+    from photo_detector.cloud.deploy import run_deploy, run_scope, target
 
     cfg = stage_config(config_overrides, **params)
+    scope = run_scope(pipeline_job)  # the service goes where the run runs, unless deploy.* says otherwise
     result = run_deploy(model.path, model.uri, cfg, serve_image=serve_image, dry_run=dry_run,
-                        plan_path=deployment.path)
+                        plan_path=deployment.path, scope=scope)
     info = {"service": result.service, "model_version": result.model_version, "dry_run": result.dry_run,
             "serve_image": serve_image,
             "url": result.url, "revision": result.revision, "previous_revision": result.previous_revision,
@@ -241,7 +245,8 @@ def deploy(model: Any, metrics: Any, deployment: Any, *, serve_image: str, dry_r
         from photo_detector.cloud.settings import resolve
 
         meta = json.loads((Path(model.path) / "model.json").read_text(encoding="utf-8"))
-        settings = resolve(cfg, {"project": cfg.deploy.project or None})
+        project, region = target(cfg, scope)
+        settings = resolve(cfg, {"project": project, "region": region})
         registered = register_version(
             settings, cfg, artifact_uri=model.uri, serving_image=result.image or "",
             metrics={k: float(v) for k, v in dict(metrics.metadata).items() if isinstance(v, int | float)},

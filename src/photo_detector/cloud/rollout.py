@@ -100,12 +100,12 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
     from google.api_core import exceptions as gexc
     from google.cloud import run_v2
 
-    from photo_detector.smoke import smoke_test
+    from photo_detector.smoke import SmokeTestFailed, smoke_test
 
     meta = read_metadata(model_dir)
     version = model_version(model_dir)
     project = cfg.deploy.project or settings.require("project")
-    name = service_name(cfg, project)
+    name = service_name(cfg, project, cfg.deploy.region or settings.require("region"))
     revision = f"{cfg.deploy.service_name}-{version}"
     client = services_client(settings)
 
@@ -141,8 +141,18 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
     if not tag_url:
         raise PhotoDetectorError(f"Cloud Run gave no URL for the tag {version} of {name}",
                                  "traffic was not moved; check the service in the console")
-    log.info("candidate %s is up at %s with no traffic; smoke-testing", revision, tag_url)
-    report = smoke_test(tag_url, api_key, model_dir, meta, ready_timeout=smoke_ready_timeout)
+    log.info("candidate %s is up at %s%s; smoke-testing", revision, tag_url,
+             "" if current is None else " with no traffic")
+    try:
+        report = smoke_test(tag_url, api_key, model_dir, meta, ready_timeout=smoke_ready_timeout)
+    except SmokeTestFailed as exc:
+        if current is not None:
+            raise
+        # A first deploy has no earlier revision to keep the traffic: Cloud Run gave the candidate all of it.
+        # Remove the service, so no client ever reaches a model that failed its smoke test.
+        with_retries(f"removing {name}", lambda: client.delete_service(name=name)).result(timeout=operation_timeout)
+        raise SmokeTestFailed(f"{exc.message}; this was the first deploy of {name}, so the service was removed "
+                              "and no client can reach the unverified model", exc.hint) from None
 
     final = run_v2.Service.from_json(run_v2.Service.to_json(candidate))
     final.traffic = [run_v2.TrafficTarget(type_=REVISION, revision=revision, percent=100)]
@@ -152,25 +162,3 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
     log.info("%s now serves %s (previous: %s) at %s", name, revision, previous, done.uri)
     return RolloutResult(name, done.uri, revision, previous, version, image, changed=True, tag_url=tag_url,
                          smoke_checks=report.checks)
-
-
-def smoke_api_key(cfg: Config, settings: Settings) -> str:
-    """The plain key the smoke test presents: $PHOTO_DETECTOR_SMOKE_API_KEY, else the latest version of the
-    Secret Manager secret `deploy.smoke_key_secret` (its hash must be among the service's key hashes)."""
-    key = os.environ.get("PHOTO_DETECTOR_SMOKE_API_KEY")
-    if key:
-        return key
-    import base64
-
-    import google.auth
-    from google.auth.transport.requests import AuthorizedSession
-
-    project = cfg.deploy.project or settings.require("project")
-    url = (f"https://secretmanager.googleapis.com/v1/projects/{project}/secrets/"
-           f"{cfg.deploy.smoke_key_secret}/versions/latest:access")
-    creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    r = AuthorizedSession(creds).get(url, timeout=30)
-    if r.status_code != 200:
-        raise PhotoDetectorError(f"cannot read the smoke-test key from secret {cfg.deploy.smoke_key_secret} "
-                                 f"(HTTP {r.status_code})", "set PHOTO_DETECTOR_SMOKE_API_KEY or create the secret")
-    return base64.b64decode(r.json()["payload"]["data"]).decode()

@@ -28,6 +28,11 @@ ENDPOINTS: dict[str, str] = {
     "artifact_registry": "PHOTO_DETECTOR_ARTIFACT_REGISTRY_ENDPOINT",
     "run": "PHOTO_DETECTOR_RUN_ENDPOINT",
     "storage": "STORAGE_EMULATOR_HOST",
+    "secret_manager": "PHOTO_DETECTOR_SECRET_MANAGER_ENDPOINT",
+    "service_usage": "PHOTO_DETECTOR_SERVICE_USAGE_ENDPOINT",
+    "iam": "PHOTO_DETECTOR_IAM_ENDPOINT",
+    "resource_manager": "PHOTO_DETECTOR_RESOURCE_MANAGER_ENDPOINT",
+    "quotas": "PHOTO_DETECTOR_QUOTAS_ENDPOINT",
 }
 
 
