@@ -56,8 +56,8 @@ class LocalRunResult:
 def pipeline_arguments(cfg: Config, data_uri: str, *, dry_run: bool = True) -> dict[str, Any]:
     """Named parameters from `cfg`; every other key that differs from the defaults goes in config_overrides."""
     args = {name: cfg.get(key) for name, key in PIPELINE_PARAMETERS.items()}
-    # Locally: no cloud, so neither a real rollout nor a registry champion.
-    args.update(data_uri=data_uri, deploy_dry_run=dry_run, champion_from_registry=False)
+    # Locally: no cloud, so neither a real rollout nor a registry champion; the deploy always shows its plan.
+    args.update(data_uri=data_uri, deploy_dry_run=dry_run, auto_deploy=True, champion_from_registry=False)
     named = set(PIPELINE_PARAMETERS.values())
     default = Config()
     args["config_overrides"] = {k: cfg.get(k) for k in leaf_keys()

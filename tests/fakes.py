@@ -6,6 +6,7 @@ make. `fail(method, pattern, status, times)` scripts error responses to exercise
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -148,6 +149,14 @@ class FakeVertex(FakeAPI):
             if job["state"] in ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED"):
                 job.setdefault("startTime", "2026-11-25T10:00:05Z")
                 job.setdefault("endTime", "2026-11-25T10:07:35Z")
+            if job["state"] == "PIPELINE_STATE_FAILED":  # as Vertex reports a failed task
+                job["error"] = {"code": 9, "message": "The DAG failed because some tasks failed. The failed tasks "
+                                "are: [quality-gate]."}
+                job["jobDetail"] = {"taskDetails": [
+                    {"taskName": "train", "state": "SUCCEEDED"},
+                    {"taskName": "quality-gate", "state": "FAILED", "error": {"code": 9, "message": (
+                        "error in stage quality-gate: the quality gate rejected the model: accuracy 0.8100 < "
+                        "0.8500")}}]}
             return 200, _public(job)
         return 404, {"error": {"code": 404, "message": f"no route {req.method} {req.path}", "status": "NOT_FOUND"}}
 
@@ -357,3 +366,89 @@ def fake_gcs() -> Iterator[Any]:
         threading.Thread(target=lambda: [None for _ in iter(lambda: stderr.read(65536), b"")], daemon=True,
                          name="fake-gcs-log-drain").start()
         yield server
+
+
+def _err(status: int, message: str) -> tuple[int, Any]:
+    return status, {"error": {"code": status, "message": message, "status": _STATUS.get(status, "ERR")}}
+
+
+def _lro(name: str, response: dict[str, Any], type_url: str) -> dict[str, Any]:
+    return {"name": f"{name}/operations/op", "done": True, "response": {"@type": type_url, **response}}
+
+
+class FakeGoogle(FakeAPI):
+    """The APIs `setup` and `doctor` use, routed by path as the REST clients call them: Service Usage,
+    Artifact Registry (repositories), Secret Manager, IAM (service accounts), Resource Manager (project IAM
+    policy, testIamPermissions) and Cloud Quotas. Each keeps its state in `self.state` so a test can take a
+    prerequisite away and see doctor name it."""
+
+    def __init__(self, project: str = "proj") -> None:
+        super().__init__()
+        self.project = project
+        self.state.update(enabled=set(), repos={}, secrets={}, accounts={}, bindings={}, t4=1,
+                          caller_permissions=None)
+
+    def route(self, req: Request) -> tuple[int, Any]:
+        p, st = req.path, self.state
+        m = re.fullmatch(r"/v1/projects/([^/]+)/services", p)
+        if m and req.method == "GET":
+            return 200, {"services": [{"name": f"projects/123/services/{s}", "config": {"name": s},
+                                       "state": "ENABLED"} for s in sorted(st["enabled"])]}
+        m = re.fullmatch(r"/v1/projects/([^/]+)/services:batchEnable", p)
+        if m:
+            st["enabled"] |= set(req.body["serviceIds"])
+            return 200, _lro(p, {}, "type.googleapis.com/google.api.serviceusage.v1.BatchEnableServicesResponse")
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/repositories(?:/([^/:]+))?", p)
+        if m:
+            if req.method == "GET":
+                repo = st["repos"].get(m.group(2))
+                return (200, repo) if repo else _err(404, f"{p} not found")
+            rid = req.query["repositoryId"][0]
+            if rid in st["repos"]:
+                return _err(409, f"repository {rid} already exists")
+            st["repos"][rid] = {"name": f"{m.group(1)}/repositories/{rid}", "format": req.body.get("format")}
+            return 200, _lro(p, st["repos"][rid], "type.googleapis.com/google.devtools.artifactregistry.v1.Repository")
+        m = re.fullmatch(r"/v1/projects/([^/]+)/secrets(?:/([^/:]+))?(:addVersion|/versions/latest:access)?", p)
+        if m:
+            sid, verb = m.group(2), m.group(3)
+            if verb == ":addVersion":
+                st["secrets"][sid]["versions"].append(base64.b64decode(req.body["payload"]["data"]))
+                return 200, {"name": f"projects/{m.group(1)}/secrets/{sid}/versions/1", "state": "ENABLED"}
+            if verb:
+                versions = st["secrets"].get(sid, {}).get("versions")
+                if not versions:
+                    return _err(404, f"{p} not found")
+                return 200, {"name": p, "payload": {"data": base64.b64encode(versions[-1]).decode()}}
+            if req.method == "GET":
+                return (200, {"name": p.removeprefix("/v1/")}) if sid in st["secrets"] else _err(404, "not found")
+            sid = req.query["secretId"][0]
+            if sid in st["secrets"]:
+                return _err(409, f"secret {sid} already exists")
+            st["secrets"][sid] = {"versions": []}
+            return 200, {"name": f"projects/{m.group(1)}/secrets/{sid}", "replication": {"automatic": {}}}
+        m = re.fullmatch(r"/v1/projects/([^/]+)/serviceAccounts(?:/([^/]+))?", p)
+        if m:
+            if req.method == "GET":
+                acc = st["accounts"].get(m.group(2))
+                return (200, acc) if acc else _err(404, f"{p} not found")
+            email = f"{req.body['accountId']}@{m.group(1)}.iam.gserviceaccount.com"
+            if email in st["accounts"]:
+                return _err(409, f"{email} already exists")
+            st["accounts"][email] = {"name": f"projects/{m.group(1)}/serviceAccounts/{email}", "email": email}
+            return 200, st["accounts"][email]
+        m = re.fullmatch(r"/v3/projects/([^/:]+):(getIamPolicy|setIamPolicy|testIamPermissions)", p)
+        if m:
+            if m.group(2) == "setIamPolicy":
+                st["bindings"] = {b["role"]: set(b["members"]) for b in req.body["policy"].get("bindings", [])}
+            if m.group(2) == "testIamPermissions":
+                asked = req.body.get("permissions", [])
+                allowed = st["caller_permissions"]
+                return 200, {"permissions": [x for x in asked if allowed is None or x in allowed]}
+            return 200, {"version": 1, "etag": "BwY=", "bindings": [
+                {"role": r, "members": sorted(ms)} for r, ms in sorted(st["bindings"].items()) if ms]}
+        m = re.fullmatch(r"/v1/projects/([^/]+)/locations/global/services/aiplatform.googleapis.com/quotaInfos/(.+)", p)
+        if m:
+            return 200, {"name": p.removeprefix("/v1/"), "quotaId": m.group(2), "dimensionsInfos": [
+                {"dimensions": {"region": "us-central1"}, "details": {"value": str(st["t4"])}},
+                {"dimensions": {"region": "europe-west4"}, "details": {"value": "0"}}]}
+        return _err(404, f"no route {req.method} {p}")

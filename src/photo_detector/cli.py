@@ -290,6 +290,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from photo_detector.cloud.vertex import submit
 
     settings = _settings(args)
+    _preflight(args, settings)
     caching = {"on": True, "off": False, "default": None}[args.caching]
     res = submit(settings, args.template, params=args.params, labels=_labels(args.labels), caching=caching,
                  job_id=args.job_id, experiment=args.cloud_experiment, sync=args.sync,
@@ -297,8 +298,88 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {res.job_id}\n  {res.resource_name}\n  {res.console_url}")
     if args.sync:
         print(f"finished: {res.state}")
+        for line in res.errors:
+            print(f"  {line}")
         return 0 if res.state == "PIPELINE_STATE_SUCCEEDED" else 1
     return 0
+
+
+def _preflight(args: argparse.Namespace, settings: Any) -> None:
+    """The fast subset of doctor before anything is sent; refuses with the failing lines."""
+    if getattr(args, "skip_checks", False):
+        return
+    from photo_detector.cloud.naming import data_uri
+    from photo_detector.cloud.project import FAST, run_doctor
+
+    spec, params = _template_spec(args, settings)
+    uri = params.get("data_uri") or spec["root"]["inputDefinitions"]["parameters"].get("data_uri", {}).get(
+        "defaultValue") or data_uri(_config(args), settings.project)
+    failed = [c for c in run_doctor(_config(args), settings, spec=spec, data_uri=str(uri), only=FAST) if not c.passed]
+    if failed:
+        lines = "\n".join(f"  FAIL {c.name}: {c.detail} -> {c.fix}" for c in failed)
+        raise PhotoDetectorError(f"preflight checks failed:\n{lines}\n", "fix them, or pass --skip-checks")
+
+
+def _template_spec(args: argparse.Namespace, settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    import tempfile
+
+    from photo_detector.cloud.vertex import load_template, parse_parameters
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, spec, _ = load_template(settings, args.template, Path(tmp))
+    return spec, parse_parameters(spec, args.params)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.project import roles_table, run_setup
+
+    if args.print_roles:
+        print(roles_table())
+        return 0
+    settings = _settings(args)
+    settings.require("project")
+    marks = {"ok": "ok   ", "would": "would", "done": "done "}
+
+    def show(step: Any, status: str) -> None:
+        print(f"  {marks[status]} {step.what}", flush=True)
+
+    print(f"{'plan for' if args.dry_run else 'setting up'} project {settings.project} in {settings.region}:")
+    res = run_setup(_config(args), settings, dry_run=args.dry_run, on_step=show)
+    for line in res.printed:
+        print(f"\n{line}")
+    if args.dry_run:
+        print(f"\n{res.changes} change(s) to make; run without --dry-run to make them")
+    elif res.changes == 0:
+        print("\nnothing to change: the project already has everything photo-detector needs")
+    settings_yaml = "gcp:\n" + "".join(f"  {k.split('.', 1)[1]}: {v}\n" for k, v in res.settings.items())
+    if args.write_config and not args.dry_run:
+        from photo_detector.io import write_text_atomic
+
+        write_text_atomic(args.write_config, settings_yaml)
+        print(f"wrote these settings to {args.write_config} (use it with --config {args.write_config}):")
+    else:
+        print("\nsettings for your config file (or pass --write-config FILE):")
+    print(settings_yaml, end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.naming import data_uri
+    from photo_detector.cloud.project import run_doctor
+
+    settings = _settings(args)
+    spec = None
+    if args.template:
+        spec, _ = _template_spec(args, settings)
+    uri = args.data_uri or data_uri(_config(args), settings.project)
+    failed = 0
+    for check in run_doctor(_config(args), settings, spec=spec, data_uri=uri):
+        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<16} {check.detail}", flush=True)
+        if not check.passed:
+            failed += 1
+            print(f"      fix: {check.fix}", flush=True)
+    print(f"\n{failed} check(s) failed" if failed else "\nall checks passed")
+    return 1 if failed else 0
 
 
 def cmd_template_upload(args: argparse.Namespace) -> int:
@@ -356,6 +437,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.schedule_command == "create":
+        _preflight(args, settings)
         s = schedules.create_schedule(
             settings, args.template, cron=args.cron, time_zone=args.time_zone, display_name=args.display_name,
             params=args.params, labels=_labels(args.labels), max_concurrent_runs=args.max_concurrent_runs,
@@ -548,8 +630,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caching", choices=["on", "off", "default"], default="default",
                    help="default = each task's compiled caching setting")
     p.add_argument("--sync", action="store_true", help="follow the run until it ends; exit 1 unless it succeeded")
+    p.add_argument("--skip-checks", action="store_true", help="submit without the preflight checks (doctor's "
+                                                              "fast subset: credentials, bucket, images, data)")
     p.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("setup", help="create what photo-detector needs in a Google Cloud project (idempotent)")
+    _add_config_args(p)
+    _add_cloud_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--write-config", type=Path, metavar="FILE", help="write the resulting gcp settings here")
+    p.add_argument("--print-roles", action="store_true", help="print the roles table (as in the README) and exit")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("doctor", help="check the project: one PASS/FAIL line per prerequisite, with the fix")
+    _add_config_args(p)
+    _add_cloud_args(p, "pipeline_root", "service_account")
+    p.add_argument("--template", help="also check that every image this compiled spec (or NAME:TAG) names exists")
+    p.add_argument("--data-uri", help="the dataset to check (default: pipeline.data_uri / the derived one)")
+    p.set_defaults(func=cmd_doctor, params=[])
 
     p = sub.add_parser("schedule", help="recurring pipeline runs (Vertex AI schedules)")
     ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
@@ -567,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-time", help="ISO 8601; default now")
     p.add_argument("--end-time", help="ISO 8601; default never")
     p.add_argument("--caching", choices=["on", "off", "default"], default="default")
+    p.add_argument("--skip-checks", action="store_true", help="create it without the preflight checks")
     p.set_defaults(func=cmd_schedule)
     p = ssub.add_parser("list", help="schedules with state, cron and next run")
     _add_config_args(p)

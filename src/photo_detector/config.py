@@ -180,7 +180,7 @@ class DeployConfig:
     timeout_seconds: int = _f(30, lo=1, hi=3600)
     api_keys_secret: str = _f("photo-detector-api-keys")
     smoke_key_secret: str = _f("photo-detector-smoke-key")
-    auto_deploy: bool = _f(True)
+    auto_deploy: bool = _f(False)
     dry_run: bool = _f(False)
 
 

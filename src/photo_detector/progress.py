@@ -20,3 +20,5 @@ def progress(**kwargs: Any) -> tqdm:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:  # one line per HTTP request drowns what the command itself says
+        logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -73,14 +73,29 @@ class Settings:
                 f"?project={self.project}")
 
 
+def _adc_project() -> str:
+    """The project of Application Default Credentials, or "" (no credentials, or none configured)."""
+    try:
+        import google.auth
+
+        return google.auth.default()[1] or ""
+    except Exception:  # no ADC at all is a normal state for a first run; `doctor` says what to do
+        return ""
+
+
 def resolve(cfg: Config, flags: dict[str, str | None] | None = None) -> Settings:
     values: dict[str, Any] = {}
     for name, (key, env, _flag) in SOURCES.items():
         value = (flags or {}).get(name) or os.environ.get(env) or cfg.get(key)
         values[name] = str(value or "")
-    # Inside a Vertex AI pipeline task (or on Cloud Run / Cloud Build) the project is in the environment.
+    # Inside a Vertex AI pipeline task (or on Cloud Run / Cloud Build) the project is in the environment;
+    # on a laptop, Application Default Credentials know it (`gcloud config set project`).
     values["project"] = values["project"] or os.environ.get("CLOUD_ML_PROJECT_ID") or \
-        os.environ.get("GOOGLE_CLOUD_PROJECT") or ""
+        os.environ.get("GOOGLE_CLOUD_PROJECT") or _adc_project()
+    if not values["pipeline_root"] and values["project"]:
+        from photo_detector.cloud.naming import pipeline_root
+
+        values["pipeline_root"] = pipeline_root(cfg, values["project"])
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
         raise ConfigError(f"pipeline root {values['pipeline_root']!r} is not a gs:// URI",
                           "pass --pipeline-root gs://BUCKET/PATH")

@@ -13,7 +13,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,7 @@ class SubmitResult:
     state: str
     console_url: str
     parameters: dict[str, Any]
+    errors: list[str] = field(default_factory=list)
 
 
 def load_template(settings: Settings, template: str | Path, workdir: Path) -> tuple[Path, dict[str, Any], str]:
@@ -188,9 +189,23 @@ def submit(settings: Settings, template: str | Path, *, params: list[str] | None
     log.info("submitted %s from %s", job_id, source)
     url = settings.console_url(job_id)
     state = _state_name(job)
+    errors: list[str] = []
     if sync:
         state = follow(job, poll_seconds=poll_seconds, on_state=on_state)
-    return SubmitResult(job_id, job.resource_name, state, url, values)
+        if state != "PIPELINE_STATE_SUCCEEDED":
+            errors = failure_reasons(job)
+    return SubmitResult(job_id, job.resource_name, state, url, values, errors)
+
+
+def failure_reasons(job: Any) -> list[str]:
+    """Why a finished run did not succeed: each failed task's own error (a rejected model's reasons, a stage's
+    one-line error), then the run's; read from the resource as last fetched."""
+    r = job._gca_resource
+    lines = [f"{t.task_name}: {t.error.message}" for t in r.job_detail.task_details
+             if t.error.message and t.task_name]
+    if r.error.message:
+        lines.append(r.error.message)
+    return lines
 
 
 def _state_name(job: Any) -> str:

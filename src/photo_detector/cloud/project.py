@@ -1,0 +1,533 @@
+"""A Google Cloud project for photo-detector: the one table of what it needs (APIs, resources, accounts and
+their roles), `setup` that creates it idempotently, and `doctor` that checks it.
+
+Both read the same table, and the README renders it (`photo-detector setup --print-table`), so what is
+created, what is checked and what is documented cannot drift apart. Every call goes through the official
+client with an explicit short timeout and no client-side retry loop: offline, doctor fails in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from photo_detector.cloud.naming import data_bucket, image_registry, pipeline_bucket
+from photo_detector.cloud.settings import Settings
+from photo_detector.config import Config
+from photo_detector.serving.auth import hash_key, new_key
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 15.0  # seconds per API call in setup and doctor
+
+# API -> why the product needs it.
+APIS: dict[str, str] = {
+    "aiplatform.googleapis.com": "Vertex AI Pipelines, custom training, Model Registry, Experiments",
+    "artifactregistry.googleapis.com": "the image repository and the KFP template repository",
+    "cloudbuild.googleapis.com": "builds the images (cloudbuild.yaml)",
+    "run.googleapis.com": "the prediction service",
+    "secretmanager.googleapis.com": "API-key hashes and the smoke-test key",
+    "storage.googleapis.com": "data and pipeline artifacts",
+    "iam.googleapis.com": "the two service accounts",
+    "cloudresourcemanager.googleapis.com": "role bindings and permission checks",
+    "serviceusage.googleapis.com": "enabling and checking these APIs",
+    "cloudquotas.googleapis.com": "the T4 quota check",
+}
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    display_name: str
+    roles: dict[str, str]  # role -> why
+
+    def email(self, project: str) -> str:
+        return f"{self.account_id}@{project}.iam.gserviceaccount.com"
+
+
+# The fewest project-level roles that work, and why each is needed.
+ACCOUNTS: dict[str, Account] = {
+    "runner": Account("photo-detector-pipelines", "photo-detector pipeline runs", {
+        "roles/aiplatform.user": "run the pipeline's tasks; read and write ML Metadata and the Model Registry",
+        "roles/storage.objectAdmin": "read the data, write artifacts under the pipeline root",
+        "roles/artifactregistry.reader": "pull the stage images",
+        "roles/run.developer": "create and update the Cloud Run service",
+        "roles/iam.serviceAccountUser": "deploy the service as the runtime account",
+        "roles/secretmanager.secretAccessor": "read the smoke-test key",
+    }),
+    "runtime": Account("photo-detector-service", "photo-detector prediction service", {
+        "roles/secretmanager.secretAccessor": "read the API-key hashes",
+        "roles/storage.objectViewer": "read the model it serves",
+    }),
+}
+# What the person who submits runs must be allowed (doctor asks testIamPermissions for these).
+SUBMIT_PERMISSIONS = ("aiplatform.pipelineJobs.create", "aiplatform.schedules.create",
+                      "iam.serviceAccounts.actAs", "storage.buckets.get")
+T4_QUOTA = "CustomModelTrainingNvidiaT4GPUsPerProjectPerRegion"
+
+
+def resources(cfg: Config, project: str, region: str) -> dict[str, str]:
+    """Names of everything setup creates, derived from the project (and overridable in the config)."""
+    return {
+        "data bucket": data_bucket(project),
+        "pipeline bucket": pipeline_bucket(project),
+        "docker repository": cfg.gcp.docker_repository,
+        "kfp repository": cfg.gcp.kfp_repository,
+        "api-key secret": cfg.deploy.api_keys_secret,
+        "smoke-key secret": cfg.deploy.smoke_key_secret,
+        "image registry": image_registry(cfg, project),
+        "region": region,
+    }
+
+
+def roles_table() -> str:
+    """The roles per account as a Markdown table (rendered into the README)."""
+    lines = ["| account | role | why |", "|---|---|---|"]
+    for kind, acc in ACCOUNTS.items():
+        lines += [f"| {kind}: `{acc.account_id}@PROJECT.iam.gserviceaccount.com` | `{role}` | {why} |"
+                  for role, why in acc.roles.items()]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Clients (REST and anonymous when an endpoint is redirected, the official default otherwise)
+
+
+def _client(settings: Settings, service: str, factory: Callable[..., Any]) -> Any:
+    from google.api_core.client_options import ClientOptions
+
+    endpoint = settings.endpoints.get(service)
+    if endpoint:
+        return factory(transport="rest", credentials=settings.credentials(service),
+                       client_options=ClientOptions(api_endpoint=endpoint))
+    return factory()
+
+
+@dataclass
+class Clients:
+    settings: Settings
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str) -> Any:
+        if name not in self.cache:
+            self.cache[name] = self._make(name)
+        return self.cache[name]
+
+    def _make(self, name: str) -> Any:
+        s = self.settings
+        if name == "service_usage":
+            from google.cloud import service_usage_v1
+            return _client(s, name, service_usage_v1.ServiceUsageClient)
+        if name == "artifact_registry":
+            from google.cloud import artifactregistry_v1
+            return _client(s, name, artifactregistry_v1.ArtifactRegistryClient)
+        if name == "secret_manager":
+            from photo_detector.cloud.secrets import secrets_client
+            return secrets_client(s)
+        if name == "iam":
+            return IamRest(s)
+        if name == "resource_manager":
+            from google.cloud import resourcemanager_v3
+            return _client(s, name, resourcemanager_v3.ProjectsClient)
+        if name == "quotas":
+            from google.cloud import cloudquotas_v1
+            return _client(s, name, cloudquotas_v1.CloudQuotasClient)
+        if name == "storage":
+            from google.cloud import storage
+            return storage.Client(project=s.project, credentials=s.credentials("storage"))
+        raise KeyError(name)
+
+
+class IamRest:
+    """Service accounts through the IAM REST API (google-cloud-iam's admin client speaks gRPC only, which no
+    local fake or proxy can stand in for): the two calls setup and doctor make, with the same errors
+    (google.api_core exceptions) as the generated clients."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base = (settings.endpoints.get("iam") or "https://iam.googleapis.com").rstrip("/")
+        self.settings = settings
+
+    def _session(self) -> Any:
+        from google.auth.transport.requests import AuthorizedSession
+
+        creds = self.settings.credentials("iam")
+        if creds is None:
+            import google.auth
+
+            creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        return AuthorizedSession(creds)
+
+    def _send(self, method: str, path: str, timeout: float, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        from google.api_core import exceptions as gexc
+
+        r = self._session().request(method, f"{self.base}/v1/{path}", json=body, timeout=timeout)
+        if r.status_code >= 400:
+            raise gexc.from_http_response(r)
+        return r.json()
+
+    def get_service_account(self, *, name: str, timeout: float = CALL_TIMEOUT, retry: Any = None) -> dict[str, Any]:
+        return self._send("GET", name, timeout)
+
+    def create_service_account(self, *, request: dict[str, Any], timeout: float = CALL_TIMEOUT,
+                               retry: Any = None) -> dict[str, Any]:
+        body = {"accountId": request["account_id"],
+                "serviceAccount": {"displayName": request["service_account"]["display_name"]}}
+        return self._send("POST", f"{request['name']}/serviceAccounts", timeout, body)
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One API call with a short timeout and no retry loop (a preflight must answer fast)."""
+    return fn(*args, timeout=CALL_TIMEOUT, retry=None, **kwargs)
+
+
+def _done(fn: Callable[[], Any]) -> Callable[[], None]:
+    """A step's action: call, wait for a long-running operation if one comes back, print nothing."""
+    def run() -> None:
+        result = fn()
+        if hasattr(result, "result") and callable(result.result):
+            result.result(timeout=300)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# setup
+
+
+@dataclass
+class Step:
+    what: str        # e.g. "create bucket gs://p-photo-detector-data"
+    done: bool       # already as it should be
+    apply: Callable[[], str | None] | None = None  # returns a line to print once (the new API key)
+
+
+@dataclass
+class SetupResult:
+    steps: list[Step]
+    printed: list[str]
+    settings: dict[str, str]
+
+    @property
+    def changes(self) -> int:
+        return sum(1 for s in self.steps if not s.done)
+
+
+def _exists(call: Callable[[], Any]) -> bool:
+    from google.api_core import exceptions as gexc
+
+    try:
+        call()
+        return True
+    except gexc.NotFound:
+        return False
+
+
+def plan_setup(cfg: Config, settings: Settings, clients: Clients | None = None) -> list[Step]:
+    """Every step setup takes, each marked done when the project already has it (reads only)."""
+    from google.cloud import artifactregistry_v1
+
+    clients = clients or Clients(settings)
+    project, region = settings.require("project"), settings.require("region")
+    names = resources(cfg, project, region)
+    steps: list[Step] = []
+
+    su = clients.get("service_usage")
+    enabled = {svc.config.name for svc in _call(su.list_services, request={
+        "parent": f"projects/{project}", "filter": "state:ENABLED"})}
+    missing = [api for api in APIS if api not in enabled]
+    steps.append(Step(f"enable APIs: {', '.join(missing) or 'all enabled'}", not missing,
+                      _done(lambda: _call(su.batch_enable_services, request={
+                          "parent": f"projects/{project}", "service_ids": missing}))))
+
+    gcs = clients.get("storage")
+    for key in ("data bucket", "pipeline bucket"):
+        bucket = names[key]
+        steps.append(Step(f"create {key} gs://{bucket} in {region}",
+                          _exists(lambda b=bucket: _call(gcs.get_bucket, b)),
+                          _done(lambda b=bucket: _call(gcs.create_bucket, b, location=region))))
+
+    ar = clients.get("artifact_registry")
+    parent = f"projects/{project}/locations/{region}"
+    for key, fmt in (("docker repository", artifactregistry_v1.Repository.Format.DOCKER),
+                     ("kfp repository", artifactregistry_v1.Repository.Format.KFP)):
+        repo = names[key]
+        steps.append(Step(f"create {key} {repo} ({fmt.name}) in {region}",
+                          _exists(lambda r=repo: _call(ar.get_repository, name=f"{parent}/repositories/{r}")),
+                          _done(lambda r=repo, f=fmt: _call(ar.create_repository, request={
+                              "parent": parent, "repository_id": r,
+                              "repository": {"format_": f, "description": "photo-detector"}}))))
+
+    sm = clients.get("secret_manager")
+    smoke_key, user_key = new_key(), new_key()
+    smoke_name = f"projects/{project}/secrets/{cfg.deploy.smoke_key_secret}"
+    keys_name = f"projects/{project}/secrets/{cfg.deploy.api_keys_secret}"
+    smoke_exists = _exists(lambda: _call(sm.get_secret, name=smoke_name))
+    keys_exist = _exists(lambda: _call(sm.get_secret, name=keys_name))
+
+    def make_secret(secret_id: str, payload: str, line: str | None) -> Callable[[], str | None]:
+        def run() -> str | None:
+            created = _call(sm.create_secret, request={"parent": f"projects/{project}", "secret_id": secret_id,
+                                                       "secret": {"replication": {"automatic": {}}}})
+            _call(sm.add_secret_version, request={"parent": created.name, "payload": {"data": payload.encode()}})
+            return line
+        return run
+
+    steps.append(Step(f"create secret {cfg.deploy.smoke_key_secret} (the key the deploy smoke test presents)",
+                      smoke_exists, make_secret(cfg.deploy.smoke_key_secret, smoke_key, None)))
+    steps.append(Step(f"create secret {cfg.deploy.api_keys_secret} (SHA-256 hashes of the API keys, never keys)",
+                      keys_exist, make_secret(cfg.deploy.api_keys_secret,
+                                              f"{hash_key(user_key)},{hash_key(smoke_key)}",
+                                              f"API key (shown once; only its hash is stored): {user_key}")))
+    if smoke_exists != keys_exist:
+        log.warning("only one of the two secrets exists: the smoke key's hash may be missing from %s",
+                     cfg.deploy.api_keys_secret)
+
+    iam = clients.get("iam")
+    for acc in ACCOUNTS.values():
+        email = acc.email(project)
+        steps.append(Step(f"create service account {email}",
+                          _exists(lambda e=email: _call(iam.get_service_account,
+                                                        name=f"projects/{project}/serviceAccounts/{e}")),
+                          _done(lambda a=acc: _call(iam.create_service_account, request={
+                              "name": f"projects/{project}", "account_id": a.account_id,
+                              "service_account": {"display_name": a.display_name}}))))
+
+    rm = clients.get("resource_manager")
+    policy = _call(rm.get_iam_policy, request={"resource": f"projects/{project}"})
+    have = {(b.role, m) for b in policy.bindings for m in b.members}
+    wanted = [(role, f"serviceAccount:{acc.email(project)}") for acc in ACCOUNTS.values() for role in acc.roles]
+    grants = [w for w in wanted if w not in have]
+
+    def grant() -> None:
+        fresh = _call(rm.get_iam_policy, request={"resource": f"projects/{project}"})  # read-modify-write
+        current = {(b.role, m) for b in fresh.bindings for m in b.members}
+        for role, member in grants:
+            if (role, member) in current:
+                continue
+            binding = next((b for b in fresh.bindings if b.role == role), None)
+            if binding is None:
+                fresh.bindings.add(role=role, members=[member])
+            else:
+                binding.members.append(member)
+        _call(rm.set_iam_policy, request={"resource": f"projects/{project}", "policy": fresh})
+
+    steps.append(Step(f"grant {len(grants)} role(s): " + ", ".join(f"{r} to {m.split(':')[1].split('@')[0]}"
+                                                                    for r, m in grants) if grants else
+                      "grant roles: all granted", not grants, grant))
+    return steps
+
+
+def run_setup(cfg: Config, settings: Settings, *, dry_run: bool,
+              on_step: Callable[[Step, str], None] | None = None) -> SetupResult:
+    steps = plan_setup(cfg, settings)
+    printed: list[str] = []
+    for step in steps:
+        if step.done:
+            status = "ok"
+        elif dry_run:
+            status = "would"
+        else:
+            line = step.apply() if step.apply else None
+            if line:
+                printed.append(line)
+            status = "done"
+        if on_step:
+            on_step(step, status)
+    project, region = settings.require("project"), settings.require("region")
+    runner = ACCOUNTS["runner"].email(project)
+    config = {"gcp.project": project, "gcp.region": region,
+              "gcp.pipeline_root": f"gs://{pipeline_bucket(project)}/root", "gcp.service_account": runner}
+    return SetupResult(steps, printed, config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# doctor
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    fix: str = ""
+
+
+FAST = ("credentials", "pipeline bucket", "images", "data")  # what submit and schedule create check first
+
+
+def _safely(name: str, fn: Callable[[], Check]) -> Check:
+    """A check that cannot raise: any failure is a FAIL line with its reason."""
+    from photo_detector.cloud.retry import user_error
+
+    try:
+        return fn()
+    except Exception as exc:  # every failure is a line, never a traceback
+        err = user_error(exc)
+        reason = str(err) if err else f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return Check(name, False, reason, _fix_for(exc))
+
+
+def _fix_for(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if code == 403:
+        return "grant the missing role (see the README's roles table), or run `photo-detector setup`"
+    if code == 404:
+        return "run `photo-detector setup` to create it"
+    return "check the network and credentials (`gcloud auth application-default login`)"
+
+
+def _serve_images(spec: dict[str, Any]) -> Iterator[str]:
+    """The serve image the deploy task will roll out (a compile-time constant in the spec)."""
+    for component in spec.get("components", {}).values():
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            value = task.get("inputs", {}).get("parameters", {}).get("serve_image", {})
+            if "runtimeValue" in value:
+                yield value["runtimeValue"]["constant"]
+
+
+def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None = None, data_uri: str = "",
+               only: tuple[str, ...] | None = None) -> Iterator[Check]:
+    """One Check per line, in order; `only` selects a subset (the fast preflight of submit)."""
+    clients = Clients(settings)
+    project = settings.project
+    region = settings.region
+
+    def want(name: str) -> bool:
+        return only is None or name in only
+
+    def credentials() -> Check:
+        if not project:
+            return Check("credentials", False, "no project", "pass --project, set PHOTO_DETECTOR_PROJECT or run "
+                         "`gcloud config set project PROJECT` (Application Default Credentials)")
+        if not settings.endpoints:
+            import google.auth
+
+            google.auth.default()
+        return Check("credentials", True, f"project {project}, region {region}")
+
+    yield _safely("credentials", credentials)
+    if not project:
+        return
+
+    if want("apis"):
+        def apis() -> Check:
+            su = clients.get("service_usage")
+            enabled = {s.config.name for s in _call(su.list_services, request={
+                "parent": f"projects/{project}", "filter": "state:ENABLED"})}
+            missing = [a for a in APIS if a not in enabled]
+            return Check("apis", not missing, "all enabled" if not missing else f"not enabled: {', '.join(missing)}",
+                         f"gcloud services enable {' '.join(missing)} (or photo-detector setup)")
+        yield _safely("apis", apis)
+
+    for key in ("pipeline bucket", "data bucket"):
+        if not want(key):
+            continue
+
+        def bucket_check(key: str = key) -> Check:
+            name = (pipeline_bucket if key == "pipeline bucket" else data_bucket)(project)
+            if key == "pipeline bucket" and settings.pipeline_root:
+                name = settings.pipeline_root.removeprefix("gs://").split("/", 1)[0]
+            gcs = clients.get("storage")
+            bucket = gcs.bucket(name)
+            if not _exists(lambda: _call(gcs.get_bucket, name)):
+                return Check(key, False, f"gs://{name} does not exist",
+                             f"gcloud storage buckets create gs://{name} --location {region} (or photo-detector setup)")
+            probe = bucket.blob(".photo-detector-doctor")
+            probe.upload_from_string(b"ok", timeout=CALL_TIMEOUT, retry=None)
+            probe.delete(timeout=CALL_TIMEOUT, retry=None)
+            return Check(key, True, f"gs://{name} exists and is writable")
+        yield _safely(key, bucket_check)
+
+    if want("repositories"):
+        def repositories() -> Check:
+            ar = clients.get("artifact_registry")
+            parent = f"projects/{project}/locations/{region}/repositories"
+            missing = [r for r in (cfg.gcp.docker_repository, cfg.gcp.kfp_repository)
+                       if not _exists(lambda r=r: _call(ar.get_repository, name=f"{parent}/{r}"))]
+            return Check("repositories", not missing, "Docker and KFP repositories exist" if not missing else
+                         f"missing: {', '.join(missing)} in {region}", "photo-detector setup creates them")
+        yield _safely("repositories", repositories)
+
+    if want("images") and spec is not None:
+        def images() -> Check:
+            from photo_detector.cloud.rollout import resolve_digest
+
+            refs = sorted({e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
+                           if "container" in e} | set(_serve_images(spec)))
+            bad = []
+            for ref in refs:
+                try:
+                    resolve_digest(ref)
+                except Exception:  # each missing image is named
+                    bad.append(ref)
+            return Check("images", not bad, f"all {len(refs)} images of the spec exist (the serve image too)"
+                         if not bad else "not in the registry: " + ", ".join(bad),
+                         "build them: gcloud builds submit --config cloudbuild.yaml --substitutions=_IMAGE_TAG=TAG, "
+                         "then submit the template it uploads (--template photo-detector-training:TAG)")
+        yield _safely("images", images)
+
+    if want("secrets"):
+        def secrets() -> Check:
+            sm = clients.get("secret_manager")
+            missing = [s for s in (cfg.deploy.api_keys_secret, cfg.deploy.smoke_key_secret)
+                       if not _exists(lambda s=s: _call(sm.get_secret, name=f"projects/{project}/secrets/{s}"))]
+            if missing:
+                return Check("secrets", False, f"missing: {', '.join(missing)}", "photo-detector setup creates them")
+            runtime = f"serviceAccount:{ACCOUNTS['runtime'].email(project)}"
+            policy = _call(clients.get("resource_manager").get_iam_policy, request={"resource": f"projects/{project}"})
+            readers = {m for b in policy.bindings if b.role == "roles/secretmanager.secretAccessor" for m in b.members}
+            return Check("secrets", runtime in readers, "both exist and the runtime account can read them"
+                         if runtime in readers else f"{runtime} cannot read them",
+                         f"gcloud projects add-iam-policy-binding {project} --member {runtime} "
+                         "--role roles/secretmanager.secretAccessor")
+        yield _safely("secrets", secrets)
+
+    if want("runner roles"):
+        def runner_roles() -> Check:
+            policy = _call(clients.get("resource_manager").get_iam_policy, request={"resource": f"projects/{project}"})
+            member = f"serviceAccount:{settings.service_account or ACCOUNTS['runner'].email(project)}"
+            have = {b.role for b in policy.bindings if member in b.members}
+            missing = [r for r in ACCOUNTS["runner"].roles if r not in have]
+            return Check("runner roles", not missing, f"{member.split(':')[1]} has every role it needs" if not missing
+                         else f"{member.split(':')[1]} lacks {', '.join(missing)}",
+                         "photo-detector setup grants them (the README lists why each is needed)")
+        yield _safely("runner roles", runner_roles)
+
+    if want("permissions"):
+        def permissions() -> Check:
+            rm = clients.get("resource_manager")
+            granted = set(_call(rm.test_iam_permissions, request={
+                "resource": f"projects/{project}", "permissions": list(SUBMIT_PERMISSIONS)}).permissions)
+            missing = [p for p in SUBMIT_PERMISSIONS if p not in granted]
+            return Check("permissions", not missing, "you may submit and schedule runs" if not missing else
+                         f"you lack {', '.join(missing)}", "ask for roles/aiplatform.user and "
+                         "roles/iam.serviceAccountUser on the runner account")
+        yield _safely("permissions", permissions)
+
+    if want("t4 quota"):
+        def t4_quota() -> Check:
+            q = clients.get("quotas")
+            info = _call(q.get_quota_info, name=f"projects/{project}/locations/global/services/"
+                                                f"aiplatform.googleapis.com/quotaInfos/{T4_QUOTA}")
+            value = max((int(d.details.value) for d in info.dimensions_infos
+                         if d.dimensions.get("region") == region), default=0)
+            return Check("t4 quota", value >= 1, f"{value} T4 GPU(s) for custom training in {region}",
+                         f"request quota {T4_QUOTA} >= 1 for {region} (console: IAM & Admin > Quotas)")
+        yield _safely("t4 quota", t4_quota)
+
+    if want("data") and data_uri:
+        def data() -> Check:
+            from photo_detector import CLASS_NAMES, SPLITS
+            from photo_detector.cloud.gcs import split_uri
+
+            if not data_uri.startswith("gs://"):
+                return Check("data", False, f"data_uri {data_uri} is not a gs:// URI", "photo-detector data upload")
+            bucket, prefix = split_uri(data_uri)
+            gcs = clients.get("storage")
+            missing = [f"{s}/{c}" for s in SPLITS for c in CLASS_NAMES if not any(_call(
+                gcs.list_blobs, bucket, prefix=f"{prefix}/{s}/{c}/" if prefix else f"{s}/{c}/", max_results=1))]
+            return Check("data", not missing, f"{data_uri} has train|val|test/{{real,ai_generated}}" if not missing
+                         else f"{data_uri} lacks {', '.join(missing)}",
+                         f"photo-detector data upload DIR {data_uri} (after photo-detector data cifake DIR)")
+        yield _safely("data", data)
