@@ -52,16 +52,18 @@ class _Killed(Exception):
     pass
 
 
+def _kill_after_first_epoch(row: dict) -> None:
+    """An on_epoch_end that stops training like a killed task: after epoch 1's checkpoints are on disk."""
+    if row["epoch"] == 1:
+        raise _Killed
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path: Path, sample_dir: Path) -> None:
     cfg = tiny_config(**{"train.epochs": 3, "train.warmup_epochs": 1})
     full = run_train(sample_dir, tmp_path / "full", cfg)
 
-    def kill_after_first_epoch(row: dict) -> None:
-        if row["epoch"] == 1:
-            raise _Killed
-
     with pytest.raises(_Killed):
-        run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=kill_after_first_epoch)
+        run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=_kill_after_first_epoch)
     assert not (tmp_path / "cut" / ONNX).exists()
     resumed = run_train(sample_dir, tmp_path / "cut", cfg, resume=True)
 
@@ -149,12 +151,8 @@ def test_training_with_jpeg_recompression_runs_and_resumes_exactly(sample_dir: P
     cfg = tiny_config(**{"augmentation.jpeg_probability": 0.5, "train.epochs": 2})
     whole = run_train(sample_dir, tmp_path / "whole", cfg)
 
-    def kill_after_first_epoch(row: dict) -> None:
-        if row["epoch"] == 1:
-            raise _Killed
-
     with pytest.raises(_Killed):
-        run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=kill_after_first_epoch)
+        run_train(sample_dir, tmp_path / "cut", cfg, on_epoch_end=_kill_after_first_epoch)
     resumed = run_train(sample_dir, tmp_path / "cut", cfg, resume=True)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
 
