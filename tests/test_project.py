@@ -196,3 +196,20 @@ def test_the_readme_renders_the_roles_table_and_every_endpoint_from_code() -> No
     assert roles_table() in readme
     for variable in (*ENDPOINTS.values(), "PHOTO_DETECTOR_DOCKER_REGISTRY_ENDPOINT"):
         assert f"| `{variable}`" in readme, f"{variable} is not in the README's endpoint table"
+
+
+def test_setup_and_doctor_read_api_errors_clearly(project: Project) -> None:
+    """429 is retried, 409 (created meanwhile) is success, 403 is a FAIL line with the fix, never a traceback."""
+    project.env["PHOTO_DETECTOR_RETRY_BACKOFF"] = "0"
+    project.api.fail("POST", r"/repositories$", 429, times=1)
+    project.api.fail("POST", r"/serviceAccounts$", 409, times=1)
+    out = project.cli("setup")
+    assert out.returncode == 0, out.stderr
+    assert len(project.api.calls("POST", r"/repositories$")) == 3, "the 429 was retried (two repositories)"
+    assert len(project.api.state["accounts"]) == 1, "the 409 account counts as there; the other was created"
+    project.api.fail("POST", r":getIamPolicy$", 403, times=10)
+    doc = project.cli("doctor")
+    lines = {line.split()[1]: line for line in doc.stdout.splitlines() if line.startswith("FAIL")}
+    assert doc.returncode == 1 and {"secrets", "runner"} <= set(lines), doc.stdout
+    assert "HTTP 403" in lines["runner"] and "grant the missing role" in doc.stdout
+    assert "Traceback" not in doc.stdout + doc.stderr

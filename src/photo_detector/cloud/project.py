@@ -183,9 +183,17 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def _done(fn: Callable[[], Any]) -> Callable[[], None]:
-    """A step's action: call, wait for a long-running operation if one comes back, print nothing."""
+    """A step's action: call (429 and 5xx retried), wait for a long-running operation if one comes back. A 409
+    means someone created it between our read and our write: the step's goal is met."""
     def run() -> None:
-        result = fn()
+        from google.api_core import exceptions as gexc
+
+        from photo_detector.cloud.retry import with_retries
+
+        try:
+            result = with_retries("setup", fn)
+        except gexc.Conflict:
+            return
         if hasattr(result, "result") and callable(result.result):
             result.result(timeout=300)
     return run
