@@ -5,8 +5,9 @@ after an interruption copies only what is missing or different (resumable at fil
 land in a temporary sibling and are renamed into place after the library verified their checksum: no
 half-written file is ever visible. Honours STORAGE_EMULATOR_HOST (e.g. fake-gcs-server).
 
-Each worker thread has its own client: eight threads sharing one client (and its connection pool) moved
-1,600 small files to fake-gcs-server in 11.9 s, one client per thread in 5.8 s. The storage library's
+Each worker thread has its own client (the requests session under a shared client is not promised to be
+thread-safe); against fake-gcs-server it copies at the emulator's own ceiling (0.98x bare HTTP media
+uploads, benchmarks/data_transfer.py). The storage library's
 transfer_manager does not fit: in thread mode it shares one client the same way, and neither mode skips
 unchanged files by CRC32C or downloads to a temporary name first. Every request has a timeout and a retry
 deadline ($PHOTO_DETECTOR_GCS_DEADLINE, default 120 s); a failure ends the command with one line naming the
