@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from photo_detector.cloud.naming import data_bucket, image_registry, pipeline_bucket
+from photo_detector.cloud.naming import data_bucket, pipeline_bucket
 from photo_detector.cloud.settings import Settings
 from photo_detector.config import Config
 from photo_detector.serving.auth import hash_key, new_key
@@ -68,7 +68,7 @@ SUBMIT_PERMISSIONS = ("aiplatform.pipelineJobs.create", "aiplatform.schedules.cr
 T4_QUOTA = "CustomModelTrainingNvidiaT4GPUsPerProjectPerRegion"
 
 
-def resources(cfg: Config, project: str, region: str) -> dict[str, str]:
+def resources(cfg: Config, project: str) -> dict[str, str]:
     """Names of everything setup creates, derived from the project (and overridable in the config)."""
     return {
         "data bucket": data_bucket(project),
@@ -77,8 +77,6 @@ def resources(cfg: Config, project: str, region: str) -> dict[str, str]:
         "kfp repository": cfg.gcp.kfp_repository,
         "api-key secret": cfg.deploy.api_keys_secret,
         "smoke-key secret": cfg.deploy.smoke_key_secret,
-        "image registry": image_registry(cfg, project),
-        "region": region,
     }
 
 
@@ -95,16 +93,6 @@ def roles_table() -> str:
 # Clients (REST and anonymous when an endpoint is redirected, the official default otherwise)
 
 
-def _client(settings: Settings, service: str, factory: Callable[..., Any]) -> Any:
-    from google.api_core.client_options import ClientOptions
-
-    endpoint = settings.endpoints.get(service)
-    if endpoint:
-        return factory(transport="rest", credentials=settings.credentials(service),
-                       client_options=ClientOptions(api_endpoint=endpoint))
-    return factory()
-
-
 @dataclass
 class Clients:
     settings: Settings
@@ -119,10 +107,10 @@ class Clients:
         s = self.settings
         if name == "service_usage":
             from google.cloud import service_usage_v1
-            return _client(s, name, service_usage_v1.ServiceUsageClient)
+            return s.client(name, service_usage_v1.ServiceUsageClient)
         if name == "artifact_registry":
             from google.cloud import artifactregistry_v1
-            return _client(s, name, artifactregistry_v1.ArtifactRegistryClient)
+            return s.client(name, artifactregistry_v1.ArtifactRegistryClient)
         if name == "secret_manager":
             from photo_detector.cloud.secrets import secrets_client
             return secrets_client(s)
@@ -130,10 +118,10 @@ class Clients:
             return IamRest(s)
         if name == "resource_manager":
             from google.cloud import resourcemanager_v3
-            return _client(s, name, resourcemanager_v3.ProjectsClient)
+            return s.client(name, resourcemanager_v3.ProjectsClient)
         if name == "quotas":
             from google.cloud import cloudquotas_v1
-            return _client(s, name, cloudquotas_v1.CloudQuotasClient)
+            return s.client(name, cloudquotas_v1.CloudQuotasClient)
         if name == "storage":
             from google.cloud import storage
             return storage.Client(project=s.project, credentials=s.credentials("storage"))
@@ -237,7 +225,7 @@ def plan_setup(cfg: Config, settings: Settings, clients: Clients | None = None) 
 
     clients = clients or Clients(settings)
     project, region = settings.require("project"), settings.require("region")
-    names = resources(cfg, project, region)
+    names = resources(cfg, project)
     steps: list[Step] = []
 
     su = clients.get("service_usage")

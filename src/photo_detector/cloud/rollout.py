@@ -80,14 +80,9 @@ def resolve_digest(image: str) -> str:
 
 
 def services_client(settings: Settings) -> Any:
-    from google.api_core.client_options import ClientOptions
     from google.cloud import run_v2
 
-    endpoint = settings.endpoints.get("run")
-    if endpoint:
-        return run_v2.ServicesClient(transport="rest", credentials=settings.credentials("run"),
-                                     client_options=ClientOptions(api_endpoint=endpoint))
-    return run_v2.ServicesClient()
+    return settings.client("run", run_v2.ServicesClient)
 
 
 def _short(revision: str | None) -> str | None:

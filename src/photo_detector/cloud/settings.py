@@ -7,9 +7,11 @@ a redirected service is called with anonymous credentials, so no Google login is
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from photo_detector.cloud.naming import pipeline_root, project_id
 from photo_detector.config import Config
 from photo_detector.errors import ConfigError
 
@@ -63,6 +65,17 @@ class Settings:
             return AnonymousCredentials()
         return None
 
+    def client(self, service: str, factory: Callable[..., Any]) -> Any:
+        """A generated Google client: over REST with anonymous credentials to a redirected endpoint (a fake,
+        an emulator, a private endpoint), the library's own defaults otherwise."""
+        endpoint = self.endpoints.get(service)
+        if not endpoint:
+            return factory()
+        from google.api_core.client_options import ClientOptions
+
+        return factory(transport="rest", credentials=self.credentials(service),
+                       client_options=ClientOptions(api_endpoint=endpoint))
+
     def kfp_host(self) -> str:
         """The Artifact Registry KFP repository URL templates are pushed to and pulled from."""
         base = self.endpoints.get("artifact_registry") or f"https://{self.require('region')}-kfp.pkg.dev"
@@ -88,13 +101,10 @@ def resolve(cfg: Config, flags: dict[str, str | None] | None = None) -> Settings
     for name, (key, env, _flag) in SOURCES.items():
         value = (flags or {}).get(name) or os.environ.get(env) or cfg.get(key)
         values[name] = str(value or "")
-    # Inside a Vertex AI pipeline task (or on Cloud Run / Cloud Build) the project is in the environment;
-    # on a laptop, Application Default Credentials know it (`gcloud config set project`).
-    values["project"] = values["project"] or os.environ.get("CLOUD_ML_PROJECT_ID") or \
-        os.environ.get("GOOGLE_CLOUD_PROJECT") or _adc_project()
+    # The one project rule (naming.project_id: flag, environment, config, the project a Vertex task or
+    # Cloud Run/Build step runs in); on a laptop, Application Default Credentials know it.
+    values["project"] = project_id(cfg, (flags or {}).get("project")) or _adc_project()
     if not values["pipeline_root"] and values["project"]:
-        from photo_detector.cloud.naming import pipeline_root
-
         values["pipeline_root"] = pipeline_root(cfg, values["project"])
     if values["pipeline_root"] and not values["pipeline_root"].startswith("gs://"):
         raise ConfigError(f"pipeline root {values['pipeline_root']!r} is not a gs:// URI",
