@@ -2,6 +2,9 @@
 32 px) each way, target <= 60 s each on 2 cores. Baselines, same run, on the first 4,000 files: the same copy
 with one client shared by the eight threads (what the code did before), and the emulator's own ceiling:
 bare HTTP media uploads (requests, one session per thread, no client library), which no client can beat.
+Downloads of the same subset: ours against the library's Blob.download_to_filename with a client per thread
+(what the code did before). The emulator's throughput drifts with the host's load (2-3x over an hour on a
+shared 2-core VM), so only the ratios within one run compare.
 """
 
 from __future__ import annotations
@@ -31,6 +34,20 @@ def shared_client_upload(src: Path, files: list[Path], bucket: str, prefix: str,
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda p: shared.blob(f"{prefix}/{p.relative_to(src).as_posix()}").upload_from_filename(
             str(p), checksum="crc32c"), files))
+    return time.perf_counter() - start
+
+
+def library_download(bucket: str, names: list[str], dest: Path, workers: int) -> float:
+    from photo_detector.cloud.gcs import thread_client
+
+    def get(name: str) -> None:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        thread_client().bucket(bucket).blob(name).download_to_filename(str(target), checksum="crc32c")
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(get, names))
     return time.perf_counter() - start
 
 
@@ -92,6 +109,11 @@ def main() -> None:
         base_s = shared_client_upload(src, files[:n_base], "shared-subset", "x", args.workers)
         gcs.create_bucket("raw-subset")
         raw_s = raw_http_upload(server.url, files[:n_base], args.workers, "raw-subset")
+        t = time.perf_counter()
+        download_prefix("gs://ours-subset/x", Path(tmp) / "ours-back", workers=args.workers)
+        ours_down_s = time.perf_counter() - t
+        names = [b.name for b in gcs.list_blobs("ours-subset", prefix="x/")]
+        lib_down_s = library_download("ours-subset", names, Path(tmp) / "lib-back", args.workers)
     up_rate, down_rate = len(up.copied) / up_s, len(down.copied) / down_s
     ours_rate, base_rate, raw_rate = n_base / ours_s, n_base / base_s, n_base / raw_s
     print(f"  upload    {len(up.copied):>6} files in {up_s:6.1f}s  {up_rate:7.0f} files/s  (target <= 60 s)")
@@ -100,6 +122,8 @@ def main() -> None:
     print(f"  {n_base} files into fresh buckets: ours {ours_rate:.0f} files/s; one shared client "
           f"{base_rate:.0f} files/s (ours / it = {ours_rate / base_rate:.2f}x); bare HTTP, the emulator's "
           f"ceiling, {raw_rate:.0f} files/s (ours / it = {ours_rate / raw_rate:.2f}x)")
+    print(f"  {n_base} files back: ours {n_base / ours_down_s:.0f} files/s; Blob.download_to_filename "
+          f"{n_base / lib_down_s:.0f} files/s (ours / it = {lib_down_s / ours_down_s:.2f}x)")
 
 
 if __name__ == "__main__":

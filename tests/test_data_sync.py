@@ -57,6 +57,30 @@ def test_upload_download_round_trip_skips_unchanged_and_verifies(bucket: str, sa
     assert not [p for p in local.rglob("*") if p.name.endswith(".tmp")], "no half-written files"
 
 
+def test_worker_processes_mirror_and_report_failures_in_one_line(bucket: str, sample_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Large copies run in worker processes (the client is GIL-bound per file); same mirror, same errors."""
+    env = {**os.environ, "PHOTO_DETECTOR_GCS_PROCESSES": "2"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "photo_detector", "data", *a],  # noqa: E731
+                                    capture_output=True, text=True, env=env, timeout=120)
+    n = sum(1 for p in sample_dir.rglob("*") if p.is_file())
+    up = run("upload", str(sample_dir), "gs://data/procs")
+    assert up.returncode == 0 and f"uploaded {n} files" in up.stdout, up.stderr
+    down = run("download", "gs://data/procs", str(tmp_path / "back"))
+    assert down.returncode == 0 and f"downloaded {n} files" in down.stdout, down.stderr
+    assert all((tmp_path / "back" / p.relative_to(sample_dir)).read_bytes() == p.read_bytes()
+               for p in sample_dir.rglob("*") if p.is_file())
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "train").write_text("a file where a folder must go")
+    failed = run("download", "gs://data/procs", str(blocked))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]  # the lines before are the progress bar
+    assert re.match(r"error: downloading gs://data/procs/train/\S+ failed: \w+Error: .*blocked/train", last)
+    assert "writable folder" in last
+
+
 def test_bad_uris_and_missing_data_are_clear(bucket: str, tmp_path: Path) -> None:
     assert "is not a gs:// URI" in data_cli("download", "s3://x/y", str(tmp_path)).stderr
     out = data_cli("download", "gs://data/nothing-here", str(tmp_path / "x"))

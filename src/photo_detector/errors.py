@@ -14,6 +14,10 @@ class PhotoDetectorError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Keep the hint across a process boundary (the transfer workers raise these)."""
+        return self.__class__, (self.message, self.hint)
+
 
 class ConfigError(PhotoDetectorError):
     """A config key is unknown, mistyped or out of range."""
