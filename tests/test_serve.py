@@ -157,7 +157,8 @@ def test_wrong_shapes_of_request_are_4xx(service) -> None:
     r = client.post(f"{url}/predict", content=b"--x\r\nbroken", headers={
         **HEADERS, "Content-Type": "multipart/form-data; boundary=x"})
     assert 400 <= r.status_code < 500
-    assert client.get(f"{url}/predict").status_code == 405
+    assert client.get(f"{url}/predict", headers=HEADERS).status_code == 405
+    assert client.get(f"{url}/predict").status_code == 401, "without a key nothing is revealed, not even 405"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

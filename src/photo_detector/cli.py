@@ -393,17 +393,20 @@ def cmd_template_upload(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from photo_detector.serving.auth import KeyChecker, parse_hashes
 
-    source = args.model or os.environ.get("PHOTO_DETECTOR_MODEL_URI")
+    # On Vertex AI the model folder arrives as AIP_STORAGE_URI and the port as AIP_HTTP_PORT.
+    source = args.model or os.environ.get("PHOTO_DETECTOR_MODEL_URI") or os.environ.get("AIP_STORAGE_URI")
     if not source:
         raise PhotoDetectorError("no model to serve", "pass --model DIR|gs://... or set PHOTO_DETECTOR_MODEL_URI")
+    vertex = bool(os.environ.get("AIP_PREDICT_ROUTE"))
     hashes = parse_hashes(args.api_key_hashes or os.environ.get("PHOTO_DETECTOR_API_KEY_HASHES", ""))
-    if not hashes and not args.no_auth:
+    if not hashes and not args.no_auth and not vertex:
         raise PhotoDetectorError("no API key hashes configured",
                                  "set PHOTO_DETECTOR_API_KEY_HASHES (see `photo-detector api-key`) or pass "
                                  "--no-auth for a local, unauthenticated service")
     from photo_detector.serving.app import serve
 
-    serve(source, _config(args), KeyChecker(hashes, allow_all=args.no_auth), host=args.host, port=args.port)
+    port = args.port or int(os.environ.get("AIP_HTTP_PORT") or os.environ.get("PORT") or 8080)
+    serve(source, _config(args), KeyChecker(hashes, allow_all=args.no_auth), host=args.host, port=port)
     return 0
 
 
@@ -710,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--model", help="model folder or gs:// URI (default: $PHOTO_DETECTOR_MODEL_URI)")
     p.add_argument("--host", default="0.0.0.0", help="bind address")
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")), help="default: $PORT or 8080")
+    p.add_argument("--port", type=int, help="default: $AIP_HTTP_PORT (on Vertex AI), $PORT or 8080")
     p.add_argument("--api-key-hashes", help="sha256:<hex>,... (default: $PHOTO_DETECTOR_API_KEY_HASHES)")
     p.add_argument("--no-auth", action="store_true", help="accept requests without X-API-Key (local use only)")
     p.set_defaults(func=cmd_serve)

@@ -1,10 +1,11 @@
-"""The HTTP service: `POST /predict`, `POST /predict/batch`, `GET /model`, `GET /health`.
+"""The HTTP service: `POST /predict`, `POST /predict/batch`, `POST /v1/predict` (the Vertex AI protocol),
+`GET /model`, `GET /health`, `GET /metrics` (Prometheus).
 
 Torch-free on purpose (cold start, image size): ONNX Runtime runs the exported model and
 `photo_detector.preprocess` prepares images exactly as the evaluate stage did, so what was gated is served.
 The model loads and runs one warm-up inference in a background thread; /health answers 503 until then.
-Every response carries a request id; every request is logged as one JSON line (Cloud Logging fields),
-never with its headers, so API keys never reach the logs.
+Authentication, request ids, access logs and request metrics are ASGI middleware (serving.middleware), so
+endpoints are plain functions and a new route is private unless it is put on the allow-list.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,12 @@ from photo_detector.inference import LoadedModel
 from photo_detector.preprocess import decode_square, to_model_input
 from photo_detector.serving.auth import KeyChecker
 from photo_detector.serving.images import ImageRejected, open_image
+from photo_detector.serving.instances import InstanceError, instance_bytes, parse_instances
+from photo_detector.serving.metrics import ServiceMetrics
+from photo_detector.serving.middleware import KeyAuth, RequestContext
+from photo_detector.serving.multipart import MultipartError, file_parts
 
 log = logging.getLogger("photo_detector.serve")
-API_KEY_HEADER = "x-api-key"
-REQUEST_ID_HEADER = "X-Request-ID"
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,7 +75,7 @@ class ClientError(Exception):
 class ServiceState:
     source: str
     cfg: Config
-    keys: KeyChecker
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     model: LoadedModel | None = None
     error: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
@@ -110,174 +113,230 @@ def _thresholds(model: LoadedModel) -> ThresholdsConfig:
     return ThresholdsConfig(**{k: float(v) for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
 
 
-def create_app(source: str, cfg: Config, keys: KeyChecker, *, load_in_background: bool = True) -> Starlette:
-    state = ServiceState(source, cfg, keys)
+# ---- request handling: plain functions of the request and the service state (no closure over create_app)
 
-    def error(status: int, message: str, request: Request) -> JSONResponse:
-        return JSONResponse({"error": message, "request_id": request.state.request_id}, status_code=status)
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
 
-    def require_key(request: Request) -> None:
-        if not state.keys.check(request.headers.get(API_KEY_HEADER)):
-            raise ClientError(401, f"missing or invalid {API_KEY_HEADER.upper()} header")
 
-    def require_model() -> LoadedModel:
-        if state.model is None:
-            raise ClientError(503, "the model is still loading" if state.error is None else "the model failed to load")
-        return state.model
+def _model(state: ServiceState) -> LoadedModel:
+    if state.model is None:
+        raise ClientError(503, "the model is still loading" if state.error is None else "the model failed to load")
+    return state.model
 
-    async def read_body(request: Request) -> bytes:
-        limit = state.cfg.serve.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ClientError(413, f"the request body is {declared} bytes; the limit is {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(413, f"the request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
-    async def files_from(request: Request, field_name: str, max_files: int) -> list[bytes]:
-        body = await read_body(request)
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
-            raise ClientError(415, f"send multipart/form-data with the image in the '{field_name}' field")
-        request._body = body  # the form parser reads the body already bounded above
+async def _body(request: Request, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it passes `limit`, declared or streamed."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, f"the request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"the request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _files(request: Request, field_name: str, max_files: int) -> list[bytes]:
+    state = _state(request)
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise ClientError(415, f"send multipart/form-data with the image in the '{field_name}' field")
+    body = await _body(request, state.cfg.serve.max_body_bytes)
+    try:
+        parts = file_parts(body, ctype, field_name, max_parts=max_files + 8)
+    except MultipartError as exc:
+        raise ClientError(400, f"malformed multipart body: {exc}") from None
+    if not parts:
+        raise ClientError(400, f"no '{field_name}' field in the form")
+    return parts
+
+
+def _decode(state: ServiceState, model: LoadedModel, data: bytes) -> np.ndarray:
+    pp = model.preprocess
+    img = open_image(data, max_pixels=state.cfg.serve.max_image_pixels, draft_size=pp.store_size)
+    return decode_square(img, pp.store_size)
+
+
+def _infer(state: ServiceState, model: LoadedModel, squares: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    probs = model.probabilities(to_model_input(squares, model.preprocess))
+    return probs, time.perf_counter() - t0
+
+
+def _predict_files(state: ServiceState, blobs: list[bytes]) -> tuple[np.ndarray, float]:
+    """Decode and run in one worker-thread hop; any bad file fails the request (multipart routes)."""
+    model = _model(state)
+    squares = []
+    for i, data in enumerate(blobs):
         try:
-            form = await request.form(max_files=max_files, max_fields=max_files + 8)
-        except Exception as exc:  # malformed multipart is the client's error
-            raise ClientError(400, f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
-        parts = form.getlist(field_name)
-        if not parts:
-            raise ClientError(400, f"no '{field_name}' field in the form")
-        out = []
-        for part in parts:
-            if isinstance(part, str):
-                raise ClientError(400, f"the '{field_name}' field must be a file upload")
-            out.append(await part.read())
-        await form.close()
-        return out
+            squares.append(_decode(state, model, data))
+        except ImageRejected as exc:
+            raise ClientError(exc.status, (f"file {i + 1}: " if len(blobs) > 1 else "") + exc.message) from None
+    return _infer(state, model, squares)
 
-    def predict_bytes(blobs: list[bytes]) -> tuple[np.ndarray, float]:
-        model = require_model()
-        pp = model.preprocess
-        squares = []
-        for i, data in enumerate(blobs):
-            try:
-                img = open_image(data, max_pixels=state.cfg.serve.max_image_pixels, draft_size=pp.store_size)
-                squares.append(decode_square(img, pp.store_size))
-            except ImageRejected as exc:
-                where = f"file {i + 1}: " if len(blobs) > 1 else ""
-                raise ClientError(exc.status, where + exc.message) from None
-        inputs = to_model_input(squares, pp)
-        t0 = time.perf_counter()
-        probs = model.probabilities(inputs)
-        return probs, (time.perf_counter() - t0) * 1000.0
 
-    async def run_limited(blobs: list[bytes]) -> tuple[np.ndarray, float]:
-        timeout = state.cfg.serve.request_timeout_seconds
+async def _in_worker(state: ServiceState, fn: Any, *args: Any) -> Any:
+    timeout = state.cfg.serve.request_timeout_seconds
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(fn, state, *args), timeout)
+    except TimeoutError:
+        raise ClientError(503, f"the prediction took longer than {timeout}s; retry") from None
+
+
+def _result(state: ServiceState, model: LoadedModel, probs: np.ndarray, seconds: float) -> list[dict[str, Any]]:
+    t = _thresholds(model)
+    labels = [label_for(float(p), t) for p in probs]
+    state.metrics.observe_predictions(labels, [float(p) for p in probs], seconds)
+    ms = round(seconds * 1000.0 / max(1, len(probs)), 3)
+    return [{"prediction": label, "probability": round(float(p), 6), "confidence": confidence_for(float(p), t),
+             "model_version": model.version, "inference_time_ms": ms} for label, p in zip(labels, probs, strict=True)]
+
+
+async def predict(request: Request) -> Response:
+    state = _state(request)
+    model = _model(state)
+    blobs = await _files(request, "file", 1)
+    if len(blobs) != 1:
+        raise ClientError(400, "send exactly one 'file'; use /predict/batch for several")
+    probs, seconds = await _in_worker(state, _predict_files, blobs)
+    return JSONResponse({**_result(state, model, probs, seconds)[0], "request_id": request.state.request_id})
+
+
+async def predict_batch(request: Request) -> Response:
+    state = _state(request)
+    model = _model(state)
+    limit = state.cfg.serve.max_batch_files
+    blobs = await _files(request, "files", limit)
+    if len(blobs) > limit:
+        raise ClientError(413, f"{len(blobs)} files; the limit per batch is {limit}")
+    probs, seconds = await _in_worker(state, _predict_files, blobs)
+    return JSONResponse({"predictions": _result(state, model, probs, seconds),
+                         "batch_inference_time_ms": round(seconds * 1000, 3), "request_id": request.state.request_id})
+
+
+def _predict_instances(state: ServiceState, instances: list[Any]) -> list[dict[str, Any]]:
+    """Each instance independently: a bad one gets its own error in its place, the others their scores."""
+    model = _model(state)
+    limit = state.cfg.serve.max_body_bytes
+    out: list[dict[str, Any] | None] = [None] * len(instances)
+    squares, where = [], []
+    for i, instance in enumerate(instances):
+        data = instance_bytes(instance, limit)
+        if isinstance(data, InstanceError):
+            out[i] = data.to_json()
+            continue
         try:
-            return await asyncio.wait_for(asyncio.to_thread(predict_bytes, blobs), timeout)
-        except TimeoutError:
-            raise ClientError(503, f"the prediction took longer than {timeout}s; retry") from None
+            squares.append(_decode(state, model, data))
+            where.append(i)
+        except ImageRejected as exc:
+            out[i] = InstanceError(exc.status, exc.message).to_json()
+    if squares:
+        probs, seconds = _infer(state, model, squares)
+        for i, res in zip(where, _result(state, model, probs, seconds), strict=True):
+            out[i] = res
+    return out  # type: ignore[return-value]
 
-    def result(p: float, model: LoadedModel, ms: float) -> dict[str, Any]:
-        t = _thresholds(model)
-        return {"prediction": label_for(p, t), "probability": round(float(p), 6), "confidence": confidence_for(p, t),
-                "model_version": model.version, "inference_time_ms": round(ms, 3)}
 
-    async def predict(request: Request) -> Response:
-        require_key(request)
-        require_model()
-        blobs = await files_from(request, "file", 1)
-        if len(blobs) != 1:
-            raise ClientError(400, "send exactly one 'file'; use /predict/batch for several")
-        probs, ms = await run_limited(blobs)
-        return JSONResponse({**result(probs[0], state.model, ms), "request_id": request.state.request_id})
+async def predict_instances(request: Request) -> Response:
+    """The Vertex AI prediction protocol (the serve image is also a Vertex prediction container)."""
+    state = _state(request)
+    model = _model(state)
+    body = await _body(request, state.cfg.serve.max_body_bytes)
+    try:
+        instances = parse_instances(json.loads(body), state.cfg.serve.max_batch_files)
+    except ValueError as exc:  # JSONDecodeError is one
+        raise ClientError(400, str(exc)) from None
+    predictions = await _in_worker(state, _predict_instances, instances)
+    return JSONResponse({"predictions": predictions, "deployedModelId": os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
+                         "model_version": model.version})
 
-    async def predict_batch(request: Request) -> Response:
-        require_key(request)
-        require_model()
-        limit = state.cfg.serve.max_batch_files
-        blobs = await files_from(request, "files", limit)
-        if len(blobs) > limit:
-            raise ClientError(413, f"{len(blobs)} files; the limit per batch is {limit}")
-        probs, ms = await run_limited(blobs)
-        return JSONResponse({"predictions": [result(p, state.model, ms / len(blobs)) for p in probs],
-                             "batch_inference_time_ms": round(ms, 3), "request_id": request.state.request_id})
 
-    async def model_info(request: Request) -> Response:
-        require_key(request)
-        model = require_model()
-        meta = model.metadata
-        return JSONResponse({
-            "model_version": model.version, "model_name": meta.get("model_name"), "source": state.source,
-            "image_size": meta.get("image_size"), "class_names": meta.get("class_names", list(CLASS_NAMES)),
-            "thresholds": meta.get("thresholds"), "val_metrics": meta.get("val_metrics"),
-            "eval_metrics": meta.get("eval_metrics"), "data_digest": meta.get("data_digest"),
-            "created_at": meta.get("created_at"), "service_version": __version__,
-            "request_id": request.state.request_id})
+async def model_info(request: Request) -> Response:
+    state = _state(request)
+    model = _model(state)
+    meta = model.metadata
+    return JSONResponse({
+        "model_version": model.version, "model_name": meta.get("model_name"), "source": state.source,
+        "image_size": meta.get("image_size"), "class_names": meta.get("class_names", list(CLASS_NAMES)),
+        "thresholds": meta.get("thresholds"), "val_metrics": meta.get("val_metrics"),
+        "eval_metrics": meta.get("eval_metrics"), "data_digest": meta.get("data_digest"),
+        "created_at": meta.get("created_at"), "service_version": __version__,
+        "request_id": request.state.request_id})
 
-    async def health(request: Request) -> Response:
-        if state.ready.is_set():
-            return JSONResponse({"status": "ok", "model_version": state.model.version})
-        status = "loading" if state.error is None else "failed"
-        return JSONResponse({"status": status, "error": state.error}, status_code=503)
 
-    class RequestContext:
-        """Request id, JSON access log, and the guarantee that an error becomes JSON, never a traceback."""
+async def health(request: Request) -> Response:
+    state = _state(request)
+    if state.ready.is_set():
+        return JSONResponse({"status": "ok", "model_version": state.model.version})
+    status = "loading" if state.error is None else "failed"
+    return JSONResponse({"status": status, "error": state.error}, status_code=503)
 
-        def __init__(self, app: Any) -> None:
-            self.app = app
 
-        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-            if scope["type"] != "http":
-                await self.app(scope, receive, send)
-                return
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-            rid = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-            scope.setdefault("state", {})["request_id"] = rid
-            start, status = time.perf_counter(), [500]
+async def metrics(request: Request) -> Response:
+    state = _state(request)
+    return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
-            async def send_with_id(message: dict) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                    message.setdefault("headers", []).append((REQUEST_ID_HEADER.encode(), rid.encode()))
-                await send(message)
 
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                latency = time.perf_counter() - start
-                fields = {"httpRequest": {"requestMethod": scope["method"], "requestUrl": scope["path"],
-                                          "status": status[0], "latency": f"{latency:.6f}s",
-                                          "userAgent": headers.get("user-agent", "")},
-                          "request_id": rid}
-                trace = headers.get("x-cloud-trace-context", "").split("/")[0]
-                if trace:
-                    fields["logging.googleapis.com/trace"] = trace
-                log.info("%s %s %d %.1fms", scope["method"], scope["path"], status[0], latency * 1000,
-                         extra={"fields": fields})
+def _error(status: int, message: str, request: Request) -> JSONResponse:
+    return JSONResponse({"error": message, "request_id": request.state.request_id}, status_code=status)
 
-    async def on_client_error(request: Request, exc: ClientError) -> Response:
-        return error(exc.status, exc.message, request)
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        return error(500, "internal error; the request id identifies it in the logs", request)
+async def _on_client_error(request: Request, exc: ClientError) -> Response:
+    return _error(exc.status, exc.message, request)
 
-    async def on_http(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 400)
-        return error(status, str(getattr(exc, "detail", "")) or "request rejected", request)
 
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s", request.url.path)
+    return _error(500, "internal error; the request id identifies it in the logs", request)
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 400)
+    return _error(status, str(getattr(exc, "detail", "")) or "request rejected", request)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where each endpoint lives. On Vertex AI (AIP_* set) the health and predict routes are the ones Vertex
+    names; Vertex authenticates callers with IAM before forwarding, so those two are public there."""
+
+    health: str = "/health"
+    predict_instances: str = "/v1/predict"
+    vertex: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Routes:
+        if env.get("AIP_PREDICT_ROUTE"):
+            return cls(env.get("AIP_HEALTH_ROUTE") or "/health", env["AIP_PREDICT_ROUTE"], vertex=True)
+        return cls()
+
+    @property
+    def public(self) -> set[str]:
+        return {"/health", self.health} | ({self.predict_instances} if self.vertex else set())
+
+
+def create_app(source: str, cfg: Config, keys: KeyChecker, *, load_in_background: bool = True,
+               routes: Routes | None = None) -> Starlette:
+    """The service. Every route is private (X-API-Key) unless `Routes.public` lists it; /metrics is open to
+    loopback clients only (the Prometheus sidecar on Cloud Run scrapes over localhost)."""
     from starlette.exceptions import HTTPException
 
+    routes = routes or Routes.from_env()
+    state = ServiceState(source, cfg)
+    table = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
+             Route("/model", model_info, methods=["GET"]), Route("/predict", predict, methods=["POST"]),
+             Route("/predict/batch", predict_batch, methods=["POST"]),
+             Route(routes.predict_instances, predict_instances, methods=["POST"])]
+    if routes.health != "/health":
+        table.append(Route(routes.health, health, methods=["GET"]))
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/model", model_info, methods=["GET"]),
-                Route("/predict", predict, methods=["POST"]), Route("/predict/batch", predict_batch, methods=["POST"])],
-        middleware=[Middleware(RequestContext)],
-        exception_handlers={ClientError: on_client_error, HTTPException: on_http, Exception: on_unexpected},
+        routes=table,
+        middleware=[Middleware(RequestContext, metrics=state.metrics, routes=[r.path for r in table]),
+                    Middleware(KeyAuth, keys=keys, public=routes.public, loopback_public={"/metrics"})],
+        exception_handlers={ClientError: _on_client_error, HTTPException: _on_http, Exception: _on_unexpected},
     )
     app.state.service = state
     if load_in_background:
@@ -293,6 +352,10 @@ def serve(source: str, cfg: Config, keys: KeyChecker, *, host: str, port: int) -
     setup_json_logging()
     if keys.allow_all:
         log.warning("no API key hashes configured: every request is accepted (--no-auth)")
-    app = create_app(source, cfg, keys)
+    routes = Routes.from_env()
+    if routes.vertex:
+        log.info("Vertex AI prediction container: health %s, predict %s (Vertex authenticates callers)",
+                 routes.health, routes.predict_instances)
+    app = create_app(source, cfg, keys, routes=routes)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False,
                 timeout_keep_alive=30)
