@@ -124,6 +124,8 @@ class FakeVertex(FakeAPI):
             return self._models(req)
         if "/metadataStores" in req.path:
             return self._metadata(req)
+        if "/batchPredictionJobs" in req.path:
+            return self._batch(req)
         jobs = self.state.setdefault("jobs", {})
         m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/pipelineJobs", req.path)
         if m and req.method == "POST":
@@ -230,6 +232,39 @@ def _models_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
 
 
 FakeVertex._models = _models_route  # type: ignore[attr-defined]
+
+
+def _batch_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
+    """batchPredictionJobs create/get: the job needs an existing model version (id or alias, as the API
+    resolves `model@alias`), runs for `polls_until_done` GETs, then ends in `batch_final_state`."""
+    jobs = self.state.setdefault("batch_jobs", {})
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/batchPredictionJobs", req.path)
+    if m and req.method == "POST":
+        model, _, ref = req.body.get("model", "").partition("@")
+        versions = self.state.get("models", {}).get(model, [])
+        if not any(v["versionId"] == ref or ref in v["versionAliases"] for v in versions):
+            return 404, {"error": {"code": 404, "message": f"model {req.body.get('model')} not found",
+                                   "status": "NOT_FOUND"}}
+        name = f"{m.group(1)}/batchPredictionJobs/{5000 + len(jobs)}"
+        jobs[name] = {**req.body, "name": name, "state": "JOB_STATE_PENDING", "_polls": 0,
+                      "createTime": "2026-11-25T10:00:00Z"}
+        return 200, _public(jobs[name])
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/batchPredictionJobs/[^/:]+)", req.path)
+    if m and req.method == "GET" and m.group(1) in jobs:
+        job = jobs[m.group(1)]
+        job["_polls"] += 1
+        final = getattr(self, "batch_final_state", "JOB_STATE_SUCCEEDED")
+        job["state"] = final if job["_polls"] > self.polls_until_done else "JOB_STATE_RUNNING"
+        if job["state"] == "JOB_STATE_SUCCEEDED":
+            prefix = job["outputConfig"]["gcsDestination"]["outputUriPrefix"]
+            job["outputInfo"] = {"gcsOutputDirectory": f"{prefix}/prediction-photo-detector-2026_11_25T10_00_00"}
+        elif job["state"] == "JOB_STATE_FAILED":
+            job["error"] = {"code": 3, "message": "Model server never became ready."}
+        return 200, _public(job)
+    return 404, {"error": {"code": 404, "message": f"{req.path} not found", "status": "NOT_FOUND"}}
+
+
+FakeVertex._batch = _batch_route  # type: ignore[attr-defined]
 
 
 def _metadata_route(self: FakeVertex, req: Request) -> tuple[int, Any]:

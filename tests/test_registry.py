@@ -57,6 +57,9 @@ def test_versions_of_one_model_and_the_champion_alias_moves(registry: FakeVertex
     assert body["displayName"] == "photo-detector" and "champion" in body["versionAliases"]
     assert body["labels"]["pipeline_run"] == "photo-detector-training-2"
     assert body["labels"]["data_digest"] == "cd" * 16 and body["containerSpec"]["imageUri"] == "r/serve@sha256:ab"
+    # Declared routes: a registered version works on a Vertex endpoint and in batch prediction.
+    assert body["containerSpec"]["predictRoute"] == "/v1/predict" and body["containerSpec"]["healthRoute"] == "/health"
+    assert body["containerSpec"]["ports"] == [{"containerPort": 8080}]
     assert json.loads(body["versionDescription"])["metrics"] == {"accuracy": 0.93, "f1": 0.92}
     versions = registry.state["models"][first["resource_name"]]
     assert ["champion" in v["versionAliases"] for v in versions] == [False, True]

@@ -304,6 +304,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch_predict(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.batch import batch_predict
+
+    res = batch_predict(_settings(args), _config(args), args.source, args.out, machine_type=args.machine_type,
+                        replicas=args.replicas, sync=not args.no_sync, poll_seconds=args.poll_seconds,
+                        on_state=lambda s: print(f"state: {s}", flush=True))
+    print(f"batch prediction {res.job}\n  model {res.model}\n  {res.instances} instances: {res.instances_uri}\n"
+          f"  {res.console_url}")
+    print(f"predictions: {res.output}" if res.state == "JOB_STATE_SUCCEEDED" else
+          f"submitted ({res.state}); predictions will be written under {res.output}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from photo_detector.scoring import score
+    from photo_detector.serving.app import resolve_model
+
+    res = score(resolve_model(args.model), args.source, args.out, batch=args.batch, workers=args.workers)
+    print(f"scored {res.scored} images ({res.counts['real']} real, {res.counts['ai_generated']} ai_generated)"
+          f"{f', {res.failed} unreadable (their rows say why)' if res.failed else ''}: {res.out}")
+    return 0
+
+
 def _preflight(args: argparse.Namespace, settings: Any) -> None:
     """The fast subset of doctor before anything is sent; refuses with the failing lines."""
     if getattr(args, "skip_checks", False):
@@ -637,6 +660,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "fast subset: credentials, bucket, images, data)")
     p.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("batch-predict", help="score a gs:// catalog with a Vertex AI batch prediction job on the "
+                                             "champion model version")
+    _add_config_args(p)
+    _add_cloud_args(p, "service_account")
+    p.add_argument("--source", required=True, help="gs://BUCKET/PREFIX of the images (.jpg .jpeg .png .webp)")
+    p.add_argument("--out", required=True, help="gs://BUCKET/PREFIX for the instances file and the predictions")
+    p.add_argument("--machine-type", default="n1-standard-4", help="prediction machines (default n1-standard-4)")
+    p.add_argument("--replicas", type=int, default=1, help="machines working in parallel (default 1)")
+    p.add_argument("--no-sync", action="store_true", help="submit and return instead of following the job")
+    p.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_batch_predict)
+
+    p = sub.add_parser("score", help="score a folder or gs:// prefix of images into a CSV, in this process")
+    p.add_argument("source", help="a folder of images or gs://BUCKET/PREFIX")
+    p.add_argument("--model", required=True, help="a model folder (train --out) or the gs:// URI of one")
+    p.add_argument("--out", type=Path, default=Path("scores.csv"), help="CSV to write (default scores.csv)")
+    p.add_argument("--batch", type=int, default=32, help="images per model call (default 32)")
+    p.add_argument("--workers", type=int, default=4, help="threads reading and decoding images (default 4)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("setup", help="create what photo-detector needs in a Google Cloud project (idempotent)")
     _add_config_args(p)

@@ -21,6 +21,9 @@ from photo_detector.errors import PhotoDetectorError
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+# Declared on every version, so a Vertex endpoint or batch prediction job can run the serve image as is
+# (it answers the Vertex protocol on these routes: serving.app.Routes).
+VERTEX_PREDICT_ROUTE, VERTEX_HEALTH_ROUTE, VERTEX_PORT = "/v1/predict", "/health", 8080
 
 
 def _label(value: str) -> str:
@@ -52,6 +55,8 @@ def register_version(settings: Settings, cfg: Config, *, artifact_uri: str, serv
                             "model_version": model_version}, sort_keys=True)
     model = with_retries("uploading the model version", lambda: aiplatform.Model.upload(
         display_name=cfg.gcp.model_name, artifact_uri=artifact_uri, serving_container_image_uri=serving_image,
+        serving_container_predict_route=VERTEX_PREDICT_ROUTE, serving_container_health_route=VERTEX_HEALTH_ROUTE,
+        serving_container_ports=[VERTEX_PORT],
         parent_model=parent.resource_name if parent else None, is_default_version=True,
         version_aliases=[CHAMPION], version_description=described, labels=labels, sync=True))
     info = {"resource_name": model.resource_name, "version_id": model.version_id, "aliases": [CHAMPION],

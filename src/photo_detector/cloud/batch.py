@@ -1,0 +1,117 @@
+"""Whole catalogs on Vertex AI: a BatchPredictionJob on the champion version, fed an instances JSONL built
+from a Cloud Storage listing, followed to its end like `submit --sync`.
+
+Vertex runs the registered serve image as the prediction container (it answers the Vertex protocol on the
+routes the registry declares), splits the instances over `--replicas` machines and writes
+`predictions_*.jsonl` under the output prefix. Each instance is `{"gcs_uri": ...}`: the container reads the
+image itself, so the job's service account needs read access to the source bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from photo_detector.cloud.gcs import split_uri, thread_client
+from photo_detector.cloud.registry import CHAMPION, find_model
+from photo_detector.cloud.retry import with_retries
+from photo_detector.cloud.settings import Settings
+from photo_detector.cloud.vertex import VERTEX_HINTS, init_vertex
+from photo_detector.config import Config
+from photo_detector.errors import PhotoDetectorError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+            "JOB_STATE_PARTIALLY_SUCCEEDED"}
+
+
+def list_images(uri: str) -> list[str]:
+    """gs:// URIs of the images under a prefix (by suffix, case-insensitive), sorted."""
+    bucket, prefix = split_uri(uri)
+    blobs = with_retries(f"listing {uri}", lambda: list(thread_client().list_blobs(
+        bucket, prefix=f"{prefix}/" if prefix else None, fields="items(name),nextPageToken")))
+    found = sorted(f"gs://{bucket}/{b.name}" for b in blobs if b.name.lower().endswith(IMAGE_SUFFIXES))
+    if not found:
+        raise PhotoDetectorError(f"no images under {uri}", f"the source must hold {', '.join(IMAGE_SUFFIXES)} files")
+    return found
+
+
+def write_instances(images: list[str], out_uri: str, stamp: str) -> str:
+    """The instances file Vertex reads, one `{"gcs_uri": ...}` per line; returns its gs:// URI."""
+    bucket, prefix = split_uri(out_uri)
+    name = f"{prefix}/instances-{stamp}.jsonl" if prefix else f"instances-{stamp}.jsonl"
+    body = "".join(json.dumps({"gcs_uri": u}) + "\n" for u in images)
+    with_retries(f"writing gs://{bucket}/{name}", lambda: thread_client().bucket(bucket).blob(name).upload_from_string(
+        body, content_type="application/jsonl"))
+    return f"gs://{bucket}/{name}"
+
+
+@dataclass
+class BatchResult:
+    job: str
+    state: str
+    instances: int
+    instances_uri: str
+    output: str
+    model: str
+    console_url: str
+
+
+def _state(job: Any) -> str:
+    state = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
+    return getattr(state, "name", str(state))
+
+
+def batch_predict(settings: Settings, cfg: Config, source: str, out: str, *, machine_type: str = "n1-standard-4",
+                  replicas: int = 1, sync: bool = True, poll_seconds: float = 30.0,
+                  on_state: Callable[[str], None] | None = None) -> BatchResult:
+    """List `source`, write the instances under `out`, submit the job on the champion version, follow it."""
+    from google.cloud import aiplatform
+
+    split_uri(out)  # a bad output URI fails before anything is listed
+    images = list_images(source)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    instances_uri = write_instances(images, out, stamp)
+    init_vertex(settings)
+    parent = find_model(settings, cfg)
+    if parent is None:
+        raise PhotoDetectorError(f"no model '{cfg.gcp.model_name}' in the Model Registry",
+                                 "deploy one first (a pipeline run whose model passes the gate registers it)")
+    model = f"{parent.resource_name}@{CHAMPION}"
+    job = with_retries("creating the batch prediction job", lambda: aiplatform.BatchPredictionJob.submit(
+        job_display_name=f"{cfg.gcp.model_name}-batch-{stamp}", model_name=model, instances_format="jsonl",
+        predictions_format="jsonl", gcs_source=instances_uri, gcs_destination_prefix=out.rstrip("/"),
+        machine_type=machine_type, starting_replica_count=replicas, max_replica_count=replicas,
+        batch_size=cfg.serve.max_batch_files, service_account=settings.service_account or None,
+        labels={"app": "photo-detector"}), hints=VERTEX_HINTS)
+    name = job.resource_name
+    region, job_id = settings.require("region"), name.rsplit("/", 1)[-1]
+    url = (f"https://console.cloud.google.com/vertex-ai/locations/{region}/batch-predictions/{job_id}"
+           f"?project={settings.project}")
+    log.info("batch prediction job %s: %d instances from %s", name, len(images), instances_uri)
+    state, last = _state(job), None
+    while sync and state not in TERMINAL:
+        if state != last and on_state:
+            on_state(state)
+        last = state
+        time.sleep(poll_seconds)
+        state = _state(job)
+    if on_state and state != last:
+        on_state(state)
+    output = out
+    if state in TERMINAL:
+        info = getattr(job._gca_resource, "output_info", None)
+        output = getattr(info, "gcs_output_directory", "") or out
+    if sync and state != "JOB_STATE_SUCCEEDED":
+        error = getattr(job._gca_resource, "error", None)
+        message = getattr(error, "message", "") if error else ""
+        raise PhotoDetectorError(f"batch prediction job {job_id} ended {state}" + (f": {message}" if message else ""),
+                                 f"see {url}")
+    return BatchResult(name, state, len(images), instances_uri, output, model, url)
