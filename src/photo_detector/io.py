@@ -13,6 +13,15 @@ from typing import Any
 from photo_detector.errors import OutputExistsError
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: the affinity mask (a cpuset, `taskset`), which os.cpu_count()
+    ignores, so a process pinned to 2 of 16 cores does not start 16 threads that fight over 2."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; on success it replaces `path` in one rename."""

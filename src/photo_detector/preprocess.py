@@ -67,7 +67,8 @@ def decode_square(source: str | os.PathLike[str] | bytes | Image.Image, size: in
     else:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
         img.draft("RGB", (size, size))  # lets JPEG decode at reduced scale when much larger than needed
-    img = img.convert("RGB")
+    if img.mode != "RGB":  # convert() copies even an RGB image: 2.3 ms for a 1024² PNG on every request
+        img = img.convert("RGB")
     w, h = img.size
     scale = size / min(w, h)
     if (w, h) != (size, size):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from photo_detector.errors import PhotoDetectorError
-from photo_detector.io import atomic_path
+from photo_detector.io import atomic_path, usable_cores
 from photo_detector.progress import progress
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def transfer_processes(n_files: int) -> int:
                                      "set it to a whole number of processes, or unset it") from None
     if n_files < PROCESS_MIN_FILES:
         return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, usable_cores()))
 
 
 def _run(job: _Job, items: list[Item], desc: str, workers: int, result: SyncResult) -> None:

@@ -7,7 +7,6 @@ Decoding once into (N, S, S, 3) uint8 lets augmentation run batched on the train
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from photo_detector.data.layout import SplitFiles
 from photo_detector.errors import DataError
+from photo_detector.io import usable_cores
 from photo_detector.preprocess import decode_square
 from photo_detector.progress import progress
 
@@ -61,7 +61,7 @@ def store_size_for(paths: Iterable[Path], resize_size: int, *, skip_unreadable: 
 
 def worker_count(num_workers: int) -> int:
     """A configured worker count; 0 means one per core."""
-    return num_workers if num_workers > 0 else (os.cpu_count() or 1)
+    return num_workers if num_workers > 0 else usable_cores()
 
 
 def load_store(files: SplitFiles, size: int, num_workers: int = 0) -> ImageStore:
