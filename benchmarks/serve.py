@@ -103,18 +103,18 @@ def median_ms(fn: Any, n: int) -> float:
 def floor_parts(model_dir: Path, data: bytes, n: int) -> dict[str, float]:
     """In a torch-free process: the model (raw ORT), the decode of this file, and the steps between them."""
     from photo_detector.inference import LoadedModel
-    from photo_detector.preprocess import decode_square, to_model_input
+    from photo_detector.preprocess import decode_crop, normalise
     from photo_detector.serving.images import open_image
 
     model = LoadedModel.load(model_dir)
     pp = model.preprocess
     img = open_image(data, max_pixels=40_000_000, draft_size=pp.store_size)
-    square = decode_square(img, pp.store_size)
-    x = to_model_input([square], pp)
+    crop = decode_crop(img, pp)
+    x = normalise([crop], pp)
     return {"raw": median_ms(lambda: model.probabilities(x), n),
             "decode": median_ms(lambda: open_image(data, max_pixels=40_000_000, draft_size=pp.store_size), n),
-            "resize": median_ms(lambda: decode_square(img, pp.store_size), n),
-            "normalise": median_ms(lambda: to_model_input([square], pp), n)}
+            "resize": median_ms(lambda: decode_crop(img, pp), n),
+            "normalise": median_ms(lambda: normalise([crop], pp), n)}
 
 
 def start(cmd: list[str], port: int, data: bytes, headers: dict[str, str],

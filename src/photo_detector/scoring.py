@@ -22,7 +22,7 @@ from photo_detector.decision import confidence_for, label_for
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.inference import LoadedModel
 from photo_detector.io import atomic_path
-from photo_detector.preprocess import MAX_IMAGE_PIXELS, decode_square, to_model_input
+from photo_detector.preprocess import MAX_IMAGE_PIXELS, Preprocess, decode_crop, normalise
 from photo_detector.progress import progress
 from photo_detector.serving.images import ImageRejected, open_image
 
@@ -63,20 +63,20 @@ def _read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-def _load(path: str, store_size: int) -> np.ndarray | str:
-    """The decoded square of one image, or the one-line reason it has none."""
+def _load(path: str, pp: Preprocess) -> np.ndarray | str:
+    """The model's crop of one image, or the one-line reason it has none."""
     try:
-        img = open_image(_read(path), max_pixels=MAX_IMAGE_PIXELS, draft_size=store_size)
-        return decode_square(img, store_size)
+        img = open_image(_read(path), max_pixels=MAX_IMAGE_PIXELS, draft_size=pp.store_size)
+        return decode_crop(img, pp)
     except ImageRejected as exc:
         return exc.message
     except Exception as exc:  # unreadable file or object: reported in its row
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def _batches(paths: list[str], store_size: int, batch: int, workers: int) -> Iterator[list[tuple[str, object]]]:
+def _batches(paths: list[str], pp: Preprocess, batch: int, workers: int) -> Iterator[list[tuple[str, object]]]:
     with ThreadPoolExecutor(workers) as pool:
-        loaded = pool.map(lambda p: (p, _load(p, store_size)), paths)
+        loaded = pool.map(lambda p: (p, _load(p, pp)), paths)
         chunk: list[tuple[str, object]] = []
         for item in loaded:
             chunk.append(item)
@@ -100,9 +100,9 @@ def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 3
             progress(total=len(paths), desc=f"score {source}", unit="img") as bar:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        for chunk in _batches(paths, model.preprocess.store_size, batch, workers):
+        for chunk in _batches(paths, model.preprocess, batch, workers):
             good = [(p, sq) for p, sq in chunk if isinstance(sq, np.ndarray)]
-            probs = model.probabilities(to_model_input([sq for _, sq in good], model.preprocess)) if good else []
+            probs = model.probabilities(normalise([sq for _, sq in good], model.preprocess)) if good else []
             scored = {p: float(pr) for (p, _), pr in zip(good, probs, strict=True)}
             for p, sq in chunk:
                 if p in scored:

@@ -34,7 +34,7 @@ from photo_detector import CLASS_NAMES, __version__
 from photo_detector.config import Config, ThresholdsConfig
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.inference import LoadedModel
-from photo_detector.preprocess import decode_square, to_model_input
+from photo_detector.preprocess import decode_crop, normalise
 from photo_detector.serving.auth import KeyChecker
 from photo_detector.serving.images import ImageRejected, open_image
 from photo_detector.serving.instances import InstanceError, instance_bytes, parse_instances
@@ -157,12 +157,12 @@ async def _files(request: Request, field_name: str, max_files: int) -> list[byte
 def _decode(state: ServiceState, model: LoadedModel, data: bytes) -> np.ndarray:
     pp = model.preprocess
     img = open_image(data, max_pixels=state.cfg.serve.max_image_pixels, draft_size=pp.store_size)
-    return decode_square(img, pp.store_size)
+    return decode_crop(img, pp)
 
 
-def _infer(state: ServiceState, model: LoadedModel, squares: list[np.ndarray]) -> tuple[np.ndarray, float]:
+def _infer(state: ServiceState, model: LoadedModel, crops: list[np.ndarray]) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    probs = model.probabilities(to_model_input(squares, model.preprocess))
+    probs = model.probabilities(normalise(crops, model.preprocess))
     return probs, time.perf_counter() - t0
 
 
