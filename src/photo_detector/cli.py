@@ -677,8 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a folder of images or gs://BUCKET/PREFIX")
     p.add_argument("--model", required=True, help="a model folder (train --out) or the gs:// URI of one")
     p.add_argument("--out", type=Path, default=Path("scores.csv"), help="CSV to write (default scores.csv)")
-    p.add_argument("--batch", type=int, default=32, help="images per model call (default 32)")
-    p.add_argument("--workers", type=int, default=4, help="threads reading and decoding images (default 4)")
+    p.add_argument("--batch", type=int, default=16, help="images per model call (default 16)")
+    p.add_argument("--workers", type=int, help="threads reading and decoding images (default: one per core; "
+                                               "8 for gs://)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("setup", help="create what photo-detector needs in a Google Cloud project (idempotent)")

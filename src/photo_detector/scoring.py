@@ -1,9 +1,9 @@
 """`photo-detector score`: a folder or gs:// prefix of images → scores.csv, in one process.
 
-For sets that do not need a Vertex batch job (thousands, not millions). The same model, preprocessing and
-decision rule as the service, without HTTP: images are read and decoded in a thread pool (Pillow and the
-GCS client release the GIL) and scored in batches, so both cores stay busy. A file that cannot be read or
-decoded gets its error in its row; it never stops the run.
+For sets that do not need a Vertex batch job (thousands, not millions) and need no running service. The
+same model, preprocessing and decision rule as the service, without HTTP: images are read and decoded in a
+thread pool (Pillow and the GCS client release the GIL) while batches are scored. A file that cannot be
+read or decoded gets its error in its row; it never stops the run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from photo_detector.config import ThresholdsConfig
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.inference import LoadedModel
-from photo_detector.io import atomic_path
+from photo_detector.io import atomic_path, usable_cores
 from photo_detector.preprocess import MAX_IMAGE_PIXELS, Preprocess, decode_crop, normalise
 from photo_detector.progress import progress
 from photo_detector.serving.images import ImageRejected, open_image
@@ -87,8 +87,15 @@ def _batches(paths: list[str], pp: Preprocess, batch: int, workers: int) -> Iter
             yield chunk
 
 
-def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 32, workers: int = 4) -> ScoreSummary:
-    """Score every image under `source` into the CSV `out` (written to a temporary name, then renamed)."""
+def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 16,
+          workers: int | None = None) -> ScoreSummary:
+    """Score every image under `source` into the CSV `out` (written to a temporary name, then renamed).
+
+    `workers` (reading and decoding threads) defaults to one per core for a folder, where decoding is the
+    work, and to 8 for gs://, where waiting on the network is. Batching gains little on CPU: decode and
+    model time per image dominate (benchmarks/score.py: about 1x a keep-alive /predict loop on 2 cores)."""
+    if workers is None:
+        workers = 8 if source.startswith("gs://") else usable_cores()
     model = LoadedModel.load(Path(model_dir))
     t = model.metadata.get("thresholds", {})
     thresholds = ThresholdsConfig(**{k: float(v) for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
