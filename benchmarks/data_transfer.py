@@ -84,7 +84,8 @@ def main() -> None:
         src = generate_sample(Path(tmp) / "src", per_class=args.files // 2, size=32, fmt="jpeg").root
         files = sorted(p for p in src.rglob("*") if p.is_file())
         print(f"{len(files)} files of 32 px ({sum(p.stat().st_size for p in files) / 1e6:.1f} MB) made in "
-              f"{time.perf_counter() - t:.1f}s; {len(os.sched_getaffinity(0))} cores, {args.workers} workers", flush=True)
+              f"{time.perf_counter() - t:.1f}s; {len(os.sched_getaffinity(0))} cores, {args.workers} workers",
+              flush=True)
         t = time.perf_counter()
         up = upload_folder(src, "gs://data/ours", workers=args.workers)
         up_s = time.perf_counter() - t

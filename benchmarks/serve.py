@@ -245,7 +245,8 @@ def main() -> None:
     result = {"raw_onnx_ms": raw, "p50_ms": p50, "p99_ms": p99, "eager_torch_p50_ms": t50,
               "cold_start_s": cold, "eager_torch_cold_start_s": torch_cold, "rps_at_8": rps, "errors_at_8": errors,
               "rss_mib": rss, "model_p50_ms": m50, "eager_torch_model_p50_ms": tm50}
-    print(f"/predict by input size, loopback, {len(os.sched_getaffinity(0))} cores (ms; overhead = p50 - raw ORT - decode)")
+    cores = len(os.sched_getaffinity(0))
+    print(f"/predict by input size, loopback, {cores} cores (ms; overhead = p50 - raw ORT - decode)")
     print(f"  {'input':22s} {'MB':>5s} {'p50':>7s} {'p99':>7s} {'raw':>6s} {'decode':>7s} {'overhead':>9s} "
           f"{'resize':>7s} {'norm':>5s} {'rest':>5s}  p99/p50")
     table = []

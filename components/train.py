@@ -17,16 +17,18 @@ def train(
     image_size: int,
     batch_size: int,
     epochs: int,
+    max_minutes: float,
     learning_rate: float,
     weight_decay: float,
     freeze_backbone: bool,
     classification_threshold: float,
     config_overrides: dict,
 ):
-    """`data_digest` is an input so the cache key changes whenever the data's content does."""
+    """`data_digest` is an input so the cache key changes whenever the data's content does. `max_minutes`
+    bounds training (stops between epochs, keeps the best); the task itself is retried by Vertex."""
     from photo_detector import stages
 
     stages.train(verified, model, epoch_metrics, metrics, report, data_digest=data_digest,
                  config_overrides=config_overrides, seed=seed, image_size=image_size, batch_size=batch_size,
-                 epochs=epochs, learning_rate=learning_rate, weight_decay=weight_decay,
+                 epochs=epochs, max_minutes=max_minutes, learning_rate=learning_rate, weight_decay=weight_decay,
                  freeze_backbone=freeze_backbone, classification_threshold=classification_threshold)

@@ -42,6 +42,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
         image_size: int = cfg.data.image_size,
         batch_size: int = cfg.data.batch_size,
         epochs: int = cfg.train.epochs,
+        max_minutes: float = cfg.train.max_minutes,
         learning_rate: float = cfg.train.learning_rate,
         weight_decay: float = cfg.train.weight_decay,
         freeze_backbone: bool = cfg.model.freeze_backbone,
@@ -71,7 +72,8 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
 
         trained = train_op(
             verified=verified.outputs["verified"], data_digest=verified.outputs["digest"], seed=seed,
-            image_size=image_size, batch_size=batch_size, epochs=epochs, learning_rate=learning_rate,
+            image_size=image_size, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes,
+            learning_rate=learning_rate,
             weight_decay=weight_decay, freeze_backbone=freeze_backbone,
             classification_threshold=classification_threshold, config_overrides=config_overrides)
         trained.set_display_name("train")

@@ -12,7 +12,8 @@ from conftest import tiny_config
 
 from photo_detector.artifacts import BEST, HISTORY, LAST, METADATA, ONNX
 from photo_detector.errors import OutputExistsError, PhotoDetectorError
-from photo_detector.train import METRIC_COLUMNS, lr_lambda, run_train, select_precision
+from photo_detector.tblog import read_scalars
+from photo_detector.train import METRIC_COLUMNS, TIMING_KEYS, budget_reached, lr_lambda, run_train, select_precision
 
 
 def test_training_writes_the_model_folder(trained_dir: Path) -> None:
@@ -68,7 +69,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path: Path, sample
     resumed = run_train(sample_dir, tmp_path / "cut", cfg, resume=True)
 
     def timeless(history: list[dict]) -> list[dict]:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
 
     assert len(full.history) == 3
     assert timeless(resumed.history) == timeless(full.history)
@@ -170,3 +171,41 @@ def test_an_attached_gpu_torch_cannot_use_is_an_error_not_a_cpu_run(monkeypatch:
         select_device("cuda", attached=lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_attached() is False, "GPUs hidden on purpose are not attached"
+
+
+def test_every_epoch_is_in_tensorboard_event_files(trained_dir: Path) -> None:
+    """The shared tiny run: each epoch's metrics, images/s and learning rate, as TensorBoard scalars."""
+    import csv
+
+    scalars = read_scalars(trained_dir / "logs")
+    with (trained_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for metric in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision", "val_recall",
+                   "val_f1", "learning_rate"):
+        tag = ("train/" if metric.startswith("train_") else "val/" if metric.startswith("val_") else "run/") + metric
+        assert sorted(scalars[tag]) == [int(r["epoch"]) for r in rows], tag
+        for r in rows:
+            assert scalars[tag][int(r["epoch"])] == pytest.approx(float(r[metric]), rel=1e-4)
+    assert all(v > 0 for v in scalars["run/images_per_second"].values())
+    assert "run/gpu_peak_memory_mib" not in scalars  # CPU: nothing to report, nothing made up
+
+
+def test_budget_arithmetic() -> None:
+    rows = [{"seconds": 50.0}, {"seconds": 70.0}, {"seconds": 60.0}]
+    assert not budget_reached(0.0, [], 0.001), "the first epoch always runs"
+    assert not budget_reached(1000.0, rows, 0), "0 = no budget"
+    assert budget_reached(180 * 60 - 69, rows, 180) and not budget_reached(180 * 60 - 71, rows, 180)
+
+
+def test_a_tiny_budget_stops_between_epochs_and_keeps_the_best(tmp_path: Path, sample_dir: Path) -> None:
+    cfg = tiny_config(**{"train.epochs": 6, "train.max_minutes": 0.0005, "train.early_stopping_patience": 0})
+    res = run_train(sample_dir, tmp_path / "out", cfg)
+    assert res.stopped_by == "budget" and 1 <= res.epochs_run < 6
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["training"] == {"epochs_run": res.epochs_run, "stopped_by": "budget", "max_minutes": 0.0005,
+                                "logs": "logs"}
+    assert (tmp_path / "out" / ONNX).is_file() and meta["best_epoch"] <= res.epochs_run
+    # A resumed attempt counts the time already spent: the budget is still used up, so nothing more runs.
+    again = run_train(sample_dir, tmp_path / "out", cfg, resume=True)
+    assert again.epochs_run == res.epochs_run and again.stopped_by == "budget"

@@ -88,6 +88,7 @@ class TrainConfig:
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _f(True)
+    max_minutes: float = _f(180.0, lo=0.0, hi=1e6)
 
 
 @dataclass

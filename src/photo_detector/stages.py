@@ -40,6 +40,7 @@ PIPELINE_PARAMETERS: dict[str, str] = {
     "image_size": "data.image_size",
     "batch_size": "data.batch_size",
     "epochs": "train.epochs",
+    "max_minutes": "train.max_minutes",
     "learning_rate": "train.learning_rate",
     "weight_decay": "train.weight_decay",
     "freeze_backbone": "model.freeze_backbone",
@@ -170,10 +171,11 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
     model.metadata.update({"framework": meta["framework"], "model_file": meta["model_file"],
                            "image_size": meta["image_size"], "data_digest": meta["data_digest"],
                            "model_version": model_version(model.path), "best_epoch": meta["best_epoch"],
-                           **meta["val_metrics"]})
+                           "stopped_by": result.stopped_by, **meta["val_metrics"]})
     shutil.copyfile(Path(model.path) / HISTORY, epoch_metrics.path)
     _log_metrics(metrics, {**meta["val_metrics"], "best_epoch": meta["best_epoch"],
-                           "epochs_run": result.epochs_run, "train_seconds": result.seconds})
+                           "epochs_run": result.epochs_run, "train_seconds": result.seconds,
+                           "stopped_by_budget": float(result.stopped_by == "budget")})
     write_text_atomic(report.path, training_report(result.history, meta))
     return None, {"model": model.path, "best_epoch": result.best_epoch, **meta["val_metrics"],
                   "report": report.path}

@@ -32,13 +32,17 @@ from photo_detector.io import atomic_path, prepare_output_dir, write_text_atomic
 from photo_detector.model import PhotoDetector, build_model, count_trainable
 from photo_detector.preprocess import Preprocess
 from photo_detector.progress import progress
+from photo_detector.tblog import EpochLog
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision",
-                  "val_recall", "val_f1", "learning_rate", "seconds")
-# Keys that may differ between a run and its resume without changing the result.
-RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "device")}
+                  "val_recall", "val_f1", "learning_rate", "images_per_second", "seconds")
+# Per-epoch values that measure the machine, not the training: they differ between identical runs.
+TIMING_KEYS = ("seconds", "images_per_second", "gpu_peak_memory_mib")
+# Keys that may differ between a run and its resume without changing the result (a budget only says when
+# to stop, not how each epoch trains).
+RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "device"), ("train", "max_minutes")}
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped_by: str = "epochs"  # "epochs" | "early_stopping" | "budget"
 
     @property
     def onnx_path(self) -> Path:
@@ -212,7 +217,8 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, ""))
+                         for k in METRIC_COLUMNS})
     write_text_atomic(path, buf.getvalue())
 
 
@@ -376,6 +382,15 @@ class _Trainer:
         self.scaler.load_state_dict(ckpt["scaler_state_dict"])
 
 
+def budget_reached(spent: float, history: list[dict[str, float]], max_minutes: float) -> bool:
+    """Would the next epoch end past `max_minutes`? Estimated from the slowest of the last three epochs
+    (the first epoch always runs: without one there is no model)."""
+    if max_minutes <= 0 or not history:
+        return False
+    next_epoch = max(r["seconds"] for r in history[-3:])
+    return spent + next_epoch > max_minutes * 60
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -403,7 +418,8 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
                                      "resume with the same config and flags as the interrupted run")
         cfg = from_dict({**ckpt["config"], "data": {**ckpt["config"]["data"], "num_workers":
                                                     cfg.data.num_workers},
-                         "train": {**ckpt["config"]["train"], "device": cfg.train.device}})
+                         "train": {**ckpt["config"]["train"], "device": cfg.train.device,
+                                   "max_minutes": cfg.train.max_minutes}})
     prepare_output_dir(out, force=force, resume=resume)
 
     torch.manual_seed(cfg.seed)
@@ -416,25 +432,40 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     gens = {"shuffle": trainer.shuffle_gen, "augment": trainer.aug_gen, "jpeg": trainer.jpeg_gen}
     history: list[dict[str, float]] = []
     best: float | None = None
-    best_epoch, bad_epochs, first_epoch = 0, 0, 1
+    best_epoch, bad_epochs, first_epoch, earlier_seconds = 0, 0, 1, 0.0
     if ckpt is not None:
         trainer.load_state(ckpt)
         _set_rng_state(ckpt["rng"], gens)
         history, best, best_epoch, bad_epochs = (ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"],
                                                  ckpt["bad_epochs"])
         first_epoch = ckpt["epoch"] + 1
+        earlier_seconds = float(ckpt.get("train_seconds", 0.0))  # the budget counts every attempt
         log.info("resuming %s after epoch %d (best %s %.4f at epoch %d)", out, ckpt["epoch"],
                  cfg.train.checkpoint_monitor, best or float("nan"), best_epoch)
 
     monitor, mode, patience = cfg.train.checkpoint_monitor, cfg.train.checkpoint_mode, \
         cfg.train.early_stopping_patience
     stopped_early = bad_epochs >= patience > 0
+    stopped_by = "early_stopping" if stopped_early else "epochs"
     epoch = first_epoch - 1
+    loop_start = time.perf_counter()
+    tb = EpochLog(out / "logs")
     while not stopped_early and epoch < cfg.train.epochs:
+        spent = earlier_seconds + time.perf_counter() - loop_start
+        if budget_reached(spent, history, cfg.train.max_minutes):
+            stopped_by = "budget"
+            log.info("time budget: %.1f of train.max_minutes=%g min spent; the next epoch would overrun it, so "
+                     "training stops after epoch %d", spent / 60, cfg.train.max_minutes, epoch)
+            break
         epoch += 1
         t0 = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch), **trainer.validate(),
-                               "learning_rate": trainer.optimizer.param_groups[0]["lr"]}
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch)}
+        row["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / (time.perf_counter() - t0)
+        row.update({**trainer.validate(), "learning_rate": trainer.optimizer.param_groups[0]["lr"]})
+        if trainer.device.type == "cuda":
+            row["gpu_peak_memory_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         value = row[monitor]
@@ -450,8 +481,10 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
         save_checkpoint(last_path, {**state, "val_accuracy": row["val_accuracy"],
                                     "best_val_accuracy": best_row["val_accuracy"], "history": history,
                                     "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                                    "rng": _rng_state(gens)})
+                                    "rng": _rng_state(gens),
+                                    "train_seconds": earlier_seconds + time.perf_counter() - loop_start})
         _write_history(out / HISTORY, history)
+        tb.epoch(row)
         log.info("epoch %d/%d  train_loss %.4f acc %.4f | val_loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s",
                  epoch, cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
                  row["val_accuracy"], row["val_f1"], row["learning_rate"], row["seconds"],
@@ -459,6 +492,9 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
         if on_epoch_end is not None:
             on_epoch_end(row)
         stopped_early = bad_epochs >= patience > 0
+        if stopped_early:
+            stopped_by = "early_stopping"
+    tb.close()
     if stopped_early:
         log.info("early stopping: %s did not improve for %d epochs", monitor, patience)
 
@@ -471,10 +507,12 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
                         checkpoint_file=BEST, best_epoch=best_ckpt["epoch"],
                         val_metrics={k: v for k, v in best_row.items() if k.startswith("val_")},
                         train_images=len(trainer.train_store), val_images=len(trainer.val_store),
-                        data_digest=trainer.data_digest)
+                        data_digest=trainer.data_digest,
+                        training={"epochs_run": epoch, "stopped_by": stopped_by,
+                                  "max_minutes": cfg.train.max_minutes, "logs": "logs"})
     seconds = time.perf_counter() - start
     log.info("best epoch %d: val_accuracy %.4f; wrote %s in %.1fs", best_ckpt["epoch"],
              best_row["val_accuracy"], out, seconds)
     return TrainResult(out, best_ckpt["epoch"], best_row["val_accuracy"], dict(best_row), epoch,
-                       stopped_early, seconds, history)
+                       stopped_early, seconds, history, stopped_by)
 
