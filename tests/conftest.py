@@ -50,7 +50,13 @@ def trained_dir(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
-def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 images per class, 40 px: the data the smoke model is constructed from."""
+    return generate_sample(tmp_path_factory.mktemp("data60") / "sample", per_class=60, size=40, seed=7).root
+
+
+@pytest.fixture(scope="session")
+def smoke_model(tmp_path_factory: pytest.TempPathFactory, smoke_data: Path) -> Path:
     """A model folder that classifies a known image of each class correctly by construction, not by luck.
 
     A tiny model's training outcome depends on the CPU's float path (on one AMD EPYC it collapsed to p = 0.585
@@ -70,7 +76,7 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from photo_detector.preprocess import Preprocess
 
     cfg = tiny_config()
-    data = generate_sample(tmp_path_factory.mktemp("data60") / "sample", per_class=60, size=40, seed=7).root
+    data = smoke_data
     size = store_size_for(discover_split(data, "train").paths, cfg.data.resize_size)
     train, store = (load_store(discover_split(data, split), size) for split in ("train", "val"))
     pp = Preprocess(size, cfg.data.resize_size, cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std))
@@ -96,5 +102,6 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.head[4].bias.fill_(-scale * float(w @ (mean_ai + mean_real)) / 2)
     out = tmp_path_factory.mktemp("runs") / "smoke-model"
     meta = export_model_folder(model, out, cfg, pp, store.images, store.labels, data_digest="constructed")
+    torch.save({"model_state_dict": model.state_dict()}, out / "best.pt")  # for the export-from-checkpoint tests
     assert set(meta["smoke_images"]) == {"real", "ai_generated"}, meta["smoke_images"]
     return out

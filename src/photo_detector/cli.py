@@ -61,9 +61,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "train.device": args.device})
     res = run_train(args.data, args.out, cfg, resume=args.resume, force=args.force)
     m = res.best_metrics
+    why = {"early_stopping": " (stopped early)", "budget": f" (time budget of {cfg.train.max_minutes:g} min)"}
     print(f"best epoch {res.best_epoch}/{res.epochs_run}: val_accuracy {m['val_accuracy']:.4f} "
-          f"val_f1 {m['val_f1']:.4f}{' (stopped early)' if res.stopped_early else ''}; "
-          f"{res.seconds:.1f}s; model: {res.onnx_path}")
+          f"val_f1 {m['val_f1']:.4f}{why.get(res.stopped_by, '')}; {res.seconds:.1f}s; model: {res.onnx_path}; "
+          f"logs: tensorboard --logdir {res.out_dir / 'logs'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from photo_detector.export import export_checkpoint
+
+    meta = export_checkpoint(args.checkpoint, args.out, _config(args), args.data, force=args.force)
+    val = meta["val_metrics"]
+    print(f"exported {args.checkpoint} -> {args.out}: val_accuracy {val['val_accuracy']:.4f} val_f1 "
+          f"{val['val_f1']:.4f} on {meta['val_images']} images; ONNX parity {meta['onnx_parity_max_abs_diff']:.2e}\n"
+          f"deploy it: photo-detector deploy --model {args.out} --local   (or --service NAME)")
     return 0
 
 
@@ -584,6 +596,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="turn a bare checkpoint (best.pt from anywhere) into a deployable model folder")
+    _add_config_args(p)
+    p.add_argument("checkpoint", type=Path, help="a torch.save file: ours, the training guide's, or a bare state dict")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (ONNX, model.json, smoke images)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="a dataset with val/{real,ai_generated} (the checkpoint's validation data): ONNX parity, "
+                        "validation metrics and the smoke test's known images")
+    p.add_argument("--force", action="store_true", help="overwrite results already in --out")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="sample data -> train -> evaluate -> gate, in-process (no kfp)")
     _add_config_args(p)

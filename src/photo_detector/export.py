@@ -146,3 +146,96 @@ def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Prep
     metadata["smoke_images"] = write_smoke_images(out, images, labels)
     write_json_atomic(out / METADATA, metadata)
     return metadata
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A bare checkpoint (ours, the training guide's, Colab's) -> a deployable model folder
+
+# The guide's model names its head `classifier`; some scripts `fc`; DataParallel/DDP prefix `module.`.
+HEAD_ALIASES = ("classifier.", "fc.", "head.")
+
+
+def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint file, keys in this package's names (`backbone.*`, `head.*`)."""
+    if not path.is_file():
+        raise PhotoDetectorError(f"checkpoint {path} does not exist", "pass the path of a best.pt")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-torch files
+        raise PhotoDetectorError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}",
+                                 "pass a file written by torch.save (a state dict, or a dict holding one)") from None
+    state = raw
+    for key in ("model_state_dict", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PhotoDetectorError(f"checkpoint {path} holds no state dict",
+                                 "save it with torch.save({'model_state_dict': model.state_dict()}, path)")
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        for alias in HEAD_ALIASES:
+            if key.startswith(alias):
+                key = "head." + key.removeprefix(alias)
+        out[key] = value
+    return out
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data_dir: str | Path, *,
+                      force: bool = False) -> dict[str, Any]:
+    """Build the configured model, load the checkpoint into it (strictly), and write a deployable model
+    folder: model.onnx (parity-checked), model.json, smoke images and best.pt in this package's format.
+
+    `data_dir` holds a `val/{real,ai_generated}` split (an image folder or a verify-data output): its images
+    check the ONNX parity, measure the validation metrics recorded in model.json, and give the smoke test its
+    known images. They should be the validation images of the data the checkpoint was trained on."""
+    import hashlib
+
+    from photo_detector.artifacts import BEST
+    from photo_detector.data.augment import eval_transform, uint8_nchw
+    from photo_detector.data.layout import discover_split
+    from photo_detector.data.packed import is_packed, read_manifest, read_packed
+    from photo_detector.data.store import load_store, store_size_for
+    from photo_detector.io import prepare_output_dir
+    from photo_detector.model import build_model
+    from photo_detector.train import binary_metrics
+
+    checkpoint, out, data_dir = Path(checkpoint), Path(out), Path(data_dir)
+    state = checkpoint_state(checkpoint)
+    model = build_model(cfg.model, load_pretrained=False)
+    fits = f"does not fit model.name={cfg.model.name} with model.hidden_dim={cfg.model.hidden_dim}"
+    how = "set model.name / model.hidden_dim to what it was trained with"
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:200])
+        raise PhotoDetectorError(f"checkpoint {checkpoint} {fits}: {first}", how) from None
+    if result.missing_keys or result.unexpected_keys:
+        shown = ", ".join([*(f"missing {k}" for k in result.missing_keys[:3]),
+                           *(f"unexpected {k}" for k in result.unexpected_keys[:3])])
+        raise PhotoDetectorError(f"checkpoint {checkpoint} {fits} ({len(result.missing_keys)} missing, "
+                                 f"{len(result.unexpected_keys)} unexpected keys: {shown})", how)
+    model.eval()
+    if is_packed(data_dir):
+        store, size = read_packed(data_dir, "val"), int(read_manifest(data_dir)["store_size"])
+    else:
+        split = discover_split(data_dir, "val")
+        size = store_size_for(split.paths, cfg.data.resize_size)
+        store = load_store(split, size, cfg.data.num_workers)
+    pp = Preprocess(size, cfg.data.resize_size, cfg.data.image_size, tuple(cfg.data.mean),
+                    tuple(cfg.data.std))  # type: ignore[arg-type]
+    with torch.inference_mode():
+        x = eval_transform(uint8_nchw(torch.from_numpy(np.array(store.images))), pp)
+        probs = torch.sigmoid(torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)])).numpy()
+    val = {f"val_{k}": v for k, v in binary_metrics(probs, store.labels, cfg.thresholds.classification).items()}
+    prepare_output_dir(out, force=force)
+    with atomic_path(out / BEST) as tmp:
+        torch.save({"model_state_dict": model.state_dict(), "source": str(checkpoint)}, tmp)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    meta = export_model_folder(model, out, cfg, pp, store.images, store.labels, checkpoint_file=BEST,
+                               val_metrics=val, val_images=len(store), source_checkpoint=str(checkpoint),
+                               source_checkpoint_sha256=digest, data_digest="")
+    log.info("exported %s to %s: val accuracy %.4f on %d images from %s", checkpoint, out, val["val_accuracy"],
+             len(store), data_dir)
+    return meta
