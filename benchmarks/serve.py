@@ -44,9 +44,9 @@ def make_model(folder: Path) -> Path:
     import torch
 
     from photo_detector import CLASS_NAMES
+    from photo_detector.artifacts import ModelRecord, write_record
     from photo_detector.config import load_config
     from photo_detector.export import export_onnx
-    from photo_detector.io import write_json_atomic
     from photo_detector.model import build_model
     from photo_detector.preprocess import Preprocess
 
@@ -59,10 +59,9 @@ def make_model(folder: Path) -> Path:
                     tuple(cfg.data.std))
     inputs = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)
     export_onnx(model, inputs, folder / "model.onnx", opset=cfg.export.opset, tolerance=1e-3)
-    write_json_atomic(folder / "model.json", {
-        "model_file": "model.onnx", "framework": "onnx", "model_name": cfg.model.name, "image_size": 224,
-        "class_names": list(CLASS_NAMES), "preprocess": pp.to_dict(), "thresholds": cfg.thresholds.__dict__,
-        "config": cfg.to_dict()})
+    write_record(folder, ModelRecord(model_file="model.onnx", framework="onnx", image_size=224, preprocess=pp,
+                                     thresholds=dict(cfg.thresholds.__dict__), model_name=cfg.model.name,
+                                     class_names=tuple(CLASS_NAMES), config=cfg.to_dict()))
     return folder
 
 

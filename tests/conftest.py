@@ -103,5 +103,5 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory, smoke_data: Path) -> P
     out = tmp_path_factory.mktemp("runs") / "smoke-model"
     meta = export_model_folder(model, out, cfg, pp, store.images, store.labels, data_digest="constructed")
     torch.save({"model_state_dict": model.state_dict()}, out / "best.pt")  # for the export-from-checkpoint tests
-    assert set(meta["smoke_images"]) == {"real", "ai_generated"}, meta["smoke_images"]
+    assert set(meta.smoke_images) == {"real", "ai_generated"}, meta.smoke_images
     return out

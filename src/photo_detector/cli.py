@@ -71,10 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from photo_detector.export import export_checkpoint
 
-    meta = export_checkpoint(args.checkpoint, args.out, _config(args), args.data, force=args.force)
-    val = meta["val_metrics"]
+    record = export_checkpoint(args.checkpoint, args.out, _config(args), args.data, force=args.force)
+    val = record.val_metrics
     print(f"exported {args.checkpoint} -> {args.out}: val_accuracy {val['val_accuracy']:.4f} val_f1 "
-          f"{val['val_f1']:.4f} on {meta['val_images']} images; ONNX parity {meta['onnx_parity_max_abs_diff']:.2e}\n"
+          f"{val['val_f1']:.4f} on {record.val_images} images; ONNX parity {record.onnx_parity_max_abs_diff:.2e}\n"
           f"deploy it: photo-detector deploy --model {args.out} --local   (or --service NAME)")
     return 0
 
@@ -204,18 +204,18 @@ def _upload_local_model(args: argparse.Namespace, cfg: Any, model_dir: Path) -> 
 
 def _deploy_local(args: argparse.Namespace, cfg: Any) -> int:
     """The same smoke test as a Cloud Run rollout, against the service started on loopback."""
-    from photo_detector.artifacts import read_metadata
+    from photo_detector.artifacts import read_record
     from photo_detector.serving.app import create_app, resolve_model
     from photo_detector.serving.auth import KeyChecker, hash_key, new_key
     from photo_detector.serving.local import running
     from photo_detector.smoke import smoke_test
 
     model_dir = resolve_model(str(args.model))
-    meta = read_metadata(model_dir)
+    record = read_record(model_dir)
     key = new_key()
     app = create_app(str(model_dir), cfg, KeyChecker([hash_key(key)]))
     with running(app, port=args.port or 0) as url:
-        report = smoke_test(url, key, model_dir, meta, ready_timeout=60)
+        report = smoke_test(url, key, model_dir, record, ready_timeout=60)
         print(f"local service {url}: smoke test passed")
         for check in report.checks:
             print(f"  ok  {check}")

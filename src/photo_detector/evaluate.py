@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from photo_detector import CLASS_NAMES
-from photo_detector.artifacts import read_metadata
+from photo_detector.artifacts import read_record
 from photo_detector.data.layout import SplitFiles, discover_split
 from photo_detector.data.packed import is_packed, read_manifest
 from photo_detector.errors import DataError
 from photo_detector.io import write_json_atomic
-from photo_detector.preprocess import Preprocess, preprocess_files
+from photo_detector.preprocess import preprocess_files
 from photo_detector.progress import progress
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ def predict_files(model_dir: str | Path, paths: list[Path], batch_size: int = 64
     """P(ai_generated) for image files, through the ONNX model and the serving preprocessing."""
     from photo_detector.inference import onnx_probabilities, onnx_session
 
-    meta = read_metadata(model_dir)
-    pp = Preprocess.from_dict(meta["preprocess"])
-    session = onnx_session(Path(model_dir) / meta["model_file"])
+    record = read_record(model_dir)
+    pp = record.preprocess
+    session = onnx_session(Path(model_dir) / record.model_file)
     probs = []
     with progress(total=len(paths), desc=desc, unit="img") as bar:
         for i in range(0, len(paths), batch_size):
@@ -113,8 +113,8 @@ def split_files(data_dir: str | Path, split: str) -> tuple[SplitFiles, dict[str,
 def run_evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "test",
                  threshold: float | None = None, out_dir: str | Path | None = None) -> EvalResult:
     """Score the model on `data_dir/<split>`; writes `eval.json` into `out_dir` when given."""
-    meta = read_metadata(model_dir)
-    threshold = float(meta["thresholds"]["classification"] if threshold is None else threshold)
+    record = read_record(model_dir)
+    threshold = record.classification_threshold if threshold is None else float(threshold)
     files, left_out = split_files(data_dir, split)
     start = time.perf_counter()
     probs = predict_files(model_dir, list(files.paths), desc=f"evaluate {split}")

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from photo_detector import CLASS_NAMES, __version__
-from photo_detector.artifacts import METADATA, ONNX
+from photo_detector.artifacts import ONNX, ModelRecord, write_record
 from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.inference import INPUT_NAME, OUTPUT_NAMES, onnx_probabilities, onnx_session
-from photo_detector.io import atomic_path, write_json_atomic
+from photo_detector.io import atomic_path
 from photo_detector.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,12 @@ def export_onnx(model: nn.Module, inputs: np.ndarray, path: str | Path, *, opset
 
 
 def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Preprocess, images: np.ndarray,
-                        labels: np.ndarray, **extra: Any) -> dict[str, Any]:
+                        labels: np.ndarray, **extra: Any) -> ModelRecord:
     """Everything a deployable model folder holds besides checkpoints: `model.onnx` (parity-checked on real
     validation images), `model.json` and the smoke-test images the exported model itself chose. Training
     calls it with the best checkpoint's model; `images`/`labels` are validation squares (N, S, S, 3) uint8;
-    `extra` adds what the caller knows (epochs, metrics, data)."""
+    `extra` sets what the caller knows (best epoch, metrics, data): ModelRecord fields, so a misspelt one
+    fails here instead of being read as missing later."""
     from photo_detector.data.augment import eval_transform, uint8_nchw
     from photo_detector.smoke import write_smoke_images
 
@@ -125,27 +126,16 @@ def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Prep
     inputs = eval_transform(uint8_nchw(torch.from_numpy(np.array(images[:128]))), pp)
     exported = export_onnx(model, inputs.numpy().astype(np.float32), out / ONNX, opset=cfg.export.opset,
                            tolerance=cfg.export.parity_tolerance)
-    metadata: dict[str, Any] = {
-        "format_version": 1,
-        "framework": "onnx",
-        "model_file": ONNX,
-        "model_name": cfg.model.name,
-        "class_names": list(CLASS_NAMES),
-        "image_size": cfg.data.image_size,
-        "preprocess": pp.to_dict(),
-        "thresholds": cfg.thresholds.__dict__,
-        **extra,
-        "onnx_parity_max_abs_diff": exported.max_abs_diff,
-        "photo_detector_version": __version__,
-        "torch_version": torch.__version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": cfg.to_dict(),
-    }
-    write_json_atomic(out / METADATA, metadata)
+    record = ModelRecord(
+        model_file=ONNX, framework="onnx", image_size=cfg.data.image_size, preprocess=pp,
+        thresholds=dict(cfg.thresholds.__dict__), model_name=cfg.model.name, class_names=tuple(CLASS_NAMES),
+        config=cfg.to_dict(), onnx_parity_max_abs_diff=exported.max_abs_diff, photo_detector_version=__version__,
+        torch_version=torch.__version__, created_at=datetime.now(UTC).isoformat(timespec="seconds"), **extra)
+    write_record(out, record)
     # Known images for the deploy smoke test, chosen by the exported model itself (needs model.json on disk).
-    metadata["smoke_images"] = write_smoke_images(out, images, labels)
-    write_json_atomic(out / METADATA, metadata)
-    return metadata
+    record = record.replace(smoke_images=write_smoke_images(out, images, labels))
+    write_record(out, record)
+    return record
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,7 +173,7 @@ def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data_dir: str | Path, *,
-                      force: bool = False) -> dict[str, Any]:
+                      force: bool = False) -> ModelRecord:
     """Build the configured model, load the checkpoint into it (strictly), and write a deployable model
     folder: model.onnx (parity-checked), model.json, smoke images and best.pt in this package's format.
 

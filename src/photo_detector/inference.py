@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from photo_detector.artifacts import read_metadata
+from photo_detector.artifacts import ModelRecord, read_record
 from photo_detector.io import usable_cores
 from photo_detector.preprocess import Preprocess
 
@@ -43,10 +43,11 @@ def content_version(onnx_path: str | Path) -> str:
 
 @dataclass
 class LoadedModel:
-    """A model folder ready to run: metadata, preprocessing, session and a content-derived version."""
+    """A model folder ready to run: its record (model.json), preprocessing, session and a content-derived
+    version."""
 
     path: Path
-    metadata: dict[str, Any]
+    record: ModelRecord
     preprocess: Preprocess
     session: Any
     version: str
@@ -54,9 +55,9 @@ class LoadedModel:
     @classmethod
     def load(cls, model_dir: str | Path, threads: int = 0) -> LoadedModel:
         model_dir = Path(model_dir)
-        meta = read_metadata(model_dir)
-        onnx_path = model_dir / meta["model_file"]
-        return cls(model_dir, meta, Preprocess.from_dict(meta["preprocess"]), onnx_session(onnx_path, threads),
+        record = read_record(model_dir)
+        onnx_path = model_dir / record.model_file
+        return cls(model_dir, record, record.preprocess, onnx_session(onnx_path, threads),
                    content_version(onnx_path))
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:

@@ -14,35 +14,17 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from photo_detector.artifacts import Preprocess
+
 # Decoding limit: ~16k x 16k pixels; larger is refused before decoding (decompression bombs).
 MAX_IMAGE_PIXELS = 268_435_456
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Everything needed to turn an image file into the model's input; stored in the model's metadata."""
-
-    store_size: int
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        return cls(int(d["store_size"]), int(d["resize_size"]), int(d["crop_size"]),
-                   tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
 
 
 def sniff_format(head: bytes) -> str | None:

@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 from photo_detector import CLASS_NAMES
+from photo_detector.artifacts import ModelRecord
 
 
 def _figure_png(fig: Any) -> str:
@@ -44,7 +45,7 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def training_report(history: list[dict[str, float]], metadata: dict[str, Any]) -> str:
+def training_report(history: list[dict[str, float]], record: ModelRecord) -> str:
     """Loss, accuracy and F1 per epoch (train vs val), plus the best epoch's numbers."""
     plt = _plt()
     epochs = [r["epoch"] for r in history]
@@ -54,15 +55,15 @@ def training_report(history: list[dict[str, float]], metadata: dict[str, Any]) -
     for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
             ax.plot(epochs, [r[key] for r in history], marker="o", label=key)
-        ax.axvline(metadata.get("best_epoch", 0), color="grey", linestyle=":", label="best epoch")
+        ax.axvline(record.best_epoch or 0, color="grey", linestyle=":", label="best epoch")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.legend()
     img = _figure_png(fig)
-    rows = [("best epoch", metadata.get("best_epoch")), *metadata.get("val_metrics", {}).items(),
-            ("data digest", metadata.get("data_digest")), ("train images", metadata.get("train_images")),
-            ("val images", metadata.get("val_images")), ("model", metadata.get("model_name")),
-            ("image size", metadata.get("image_size"))]
+    rows = [("best epoch", record.best_epoch), *record.val_metrics.items(), ("data digest", record.data_digest),
+            ("train images", record.train_images), ("val images", record.val_images),
+            ("model", record.model_name), ("image size", record.image_size),
+            ("training stopped by", record.training.get("stopped_by", "epochs"))]
     return _page("Training", f"<img alt='curves' src='data:image/png;base64,{img}'>{_table(rows)}")
 
 

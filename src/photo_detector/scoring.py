@@ -97,8 +97,8 @@ def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 1
     if workers is None:
         workers = 8 if source.startswith("gs://") else usable_cores()
     model = LoadedModel.load(Path(model_dir))
-    t = model.metadata.get("thresholds", {})
-    thresholds = ThresholdsConfig(**{k: float(v) for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
+    t = model.record.thresholds
+    thresholds = ThresholdsConfig(**{k: v for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
     paths = list_sources(source)
     counts = {"real": 0, "ai_generated": 0}
     failed = 0

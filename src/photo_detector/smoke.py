@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from photo_detector import CLASS_NAMES
+from photo_detector.artifacts import ModelRecord
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.io import write_atomic
 
@@ -36,7 +37,7 @@ def write_smoke_images(model_dir: str | Path, images: np.ndarray, labels: np.nda
     from photo_detector.preprocess import to_model_input
 
     model = LoadedModel.load(model_dir)
-    threshold = float(model.metadata.get("thresholds", {}).get("classification", 0.5))
+    threshold = model.record.classification_threshold
     out: dict[str, Any] = {}
     for label, name in enumerate(CLASS_NAMES):
         idx = np.flatnonzero(labels == label)[:limit_per_class]
@@ -70,7 +71,7 @@ class SmokeReport:
         return not self.failures
 
 
-def smoke_test(url: str, api_key: str, model_dir: str | Path, metadata: dict[str, Any], *,
+def smoke_test(url: str, api_key: str, model_dir: str | Path, record: ModelRecord, *,
                ready_timeout: float = 120.0, client: Any = None) -> SmokeReport:
     """Run every check against `url`; raise SmokeTestFailed listing what failed."""
     import httpx
@@ -95,7 +96,7 @@ def smoke_test(url: str, api_key: str, model_dir: str | Path, metadata: dict[str
             raise SmokeTestFailed(f"smoke test of {url} failed: " + "; ".join(report.failures),
                                   "the candidate gets no traffic; see its logs")
         report.checks.append("health 200")
-        smoke = metadata.get("smoke_images") or {}
+        smoke = record.smoke_images
         for name in CLASS_NAMES:
             if name not in smoke:
                 report.failures.append(f"the model has no known {name} image (it classified none correctly)")

@@ -155,7 +155,7 @@ def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image
 @_stage("train")
 def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: Any, *, data_digest: str,
           config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
-    from photo_detector.artifacts import HISTORY, METADATA
+    from photo_detector.artifacts import HISTORY, read_record
     from photo_detector.cloud.run_service import model_version
     from photo_detector.data.packed import read_manifest
     from photo_detector.reports import training_report
@@ -167,17 +167,17 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
         raise PhotoDetectorError(f"the verified dataset's digest {digest} is not the data_digest input "
                                  f"{data_digest}", "re-run the pipeline; the data changed between stages")
     result = run_train(verified.path, model.path, cfg)
-    meta = json.loads((Path(model.path) / METADATA).read_text(encoding="utf-8"))
-    model.metadata.update({"framework": meta["framework"], "model_file": meta["model_file"],
-                           "image_size": meta["image_size"], "data_digest": meta["data_digest"],
-                           "model_version": model_version(model.path), "best_epoch": meta["best_epoch"],
-                           "stopped_by": result.stopped_by, **meta["val_metrics"]})
+    record = read_record(model.path)
+    model.metadata.update({"framework": record.framework, "model_file": record.model_file,
+                           "image_size": record.image_size, "data_digest": record.data_digest,
+                           "model_version": model_version(model.path), "best_epoch": record.best_epoch,
+                           "stopped_by": result.stopped_by, **record.val_metrics})
     shutil.copyfile(Path(model.path) / HISTORY, epoch_metrics.path)
-    _log_metrics(metrics, {**meta["val_metrics"], "best_epoch": meta["best_epoch"],
+    _log_metrics(metrics, {**record.val_metrics, "best_epoch": record.best_epoch,
                            "epochs_run": result.epochs_run, "train_seconds": result.seconds,
                            "stopped_by_budget": float(result.stopped_by == "budget")})
-    write_text_atomic(report.path, training_report(result.history, meta))
-    return None, {"model": model.path, "best_epoch": result.best_epoch, **meta["val_metrics"],
+    write_text_atomic(report.path, training_report(result.history, record))
+    return None, {"model": model.path, "best_epoch": result.best_epoch, **record.val_metrics,
                   "report": report.path}
 
 
@@ -243,16 +243,17 @@ def deploy(model: Any, metrics: Any, deployment: Any, *, serve_image: str, dry_r
             "url": result.url, "revision": result.revision, "previous_revision": result.previous_revision,
             "changed": result.changed}
     if result.changed and not dry_run:  # a new model is live: it becomes the registry's champion
+        from photo_detector.artifacts import read_record
         from photo_detector.cloud.registry import register_version
         from photo_detector.cloud.settings import resolve
 
-        meta = json.loads((Path(model.path) / "model.json").read_text(encoding="utf-8"))
+        record = read_record(model.path)
         project, region = target(cfg, scope)
         settings = resolve(cfg, {"project": project, "region": region})
         registered = register_version(
             settings, cfg, artifact_uri=model.uri, serving_image=result.image or "",
             metrics={k: float(v) for k, v in dict(metrics.metadata).items() if isinstance(v, int | float)},
-            data_digest=meta.get("data_digest", ""), pipeline_run=pipeline_run, model_version=result.model_version)
+            data_digest=record.data_digest, pipeline_run=pipeline_run, model_version=result.model_version)
         info["registry_model"] = registered["resource_name"]
         info["registry_version"] = registered["version_id"]
     deployment.metadata.update({k: v for k, v in info.items() if v is not None})

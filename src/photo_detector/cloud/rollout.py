@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from photo_detector.artifacts import read_metadata
+from photo_detector.artifacts import read_record
 from photo_detector.cloud.retry import api_error, with_retries
 from photo_detector.cloud.run_service import model_version, service_body, service_name
 from photo_detector.cloud.settings import Settings
@@ -97,7 +97,7 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
 
     from photo_detector.smoke import SmokeTestFailed, smoke_test
 
-    meta = read_metadata(model_dir)
+    record = read_record(model_dir)
     version = model_version(model_dir)
     project = cfg.deploy.project or settings.require("project")
     name = service_name(cfg, project, cfg.deploy.region or settings.require("region"))
@@ -139,7 +139,7 @@ def rollout(model_dir: str | Path, model_uri: str, cfg: Config, settings: Settin
     log.info("candidate %s is up at %s%s; smoke-testing", revision, tag_url,
              "" if current is None else " with no traffic")
     try:
-        report = smoke_test(tag_url, api_key, model_dir, meta, ready_timeout=smoke_ready_timeout)
+        report = smoke_test(tag_url, api_key, model_dir, record, ready_timeout=smoke_ready_timeout)
     except SmokeTestFailed as exc:
         if current is not None:
             raise

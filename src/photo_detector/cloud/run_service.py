@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from photo_detector.artifacts import read_metadata
+from photo_detector.artifacts import read_record
 from photo_detector.config import Config
 from photo_detector.inference import content_version
 
@@ -21,7 +21,7 @@ HEALTH_PATH = "/health"
 
 def model_version(model_dir: str | Path) -> str:
     """The model folder's content-derived version (what the service reports and revisions are named after)."""
-    return content_version(Path(model_dir) / read_metadata(model_dir)["model_file"])
+    return content_version(Path(model_dir) / read_record(model_dir).model_file)
 
 
 def service_name(cfg: Config, project: str, region: str) -> str:

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from photo_detector import CLASS_NAMES, __version__
+from photo_detector import __version__
 from photo_detector.config import Config, ThresholdsConfig
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.inference import LoadedModel
@@ -109,8 +109,8 @@ def load_model(state: ServiceState) -> None:
 
 
 def _thresholds(model: LoadedModel) -> ThresholdsConfig:
-    t = model.metadata.get("thresholds", {})
-    return ThresholdsConfig(**{k: float(v) for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
+    t = model.record.thresholds
+    return ThresholdsConfig(**{k: v for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
 
 
 # ---- request handling: plain functions of the request and the service state (no closure over create_app)
@@ -257,13 +257,12 @@ async def predict_instances(request: Request) -> Response:
 async def model_info(request: Request) -> Response:
     state = _state(request)
     model = _model(state)
-    meta = model.metadata
+    r = model.record
     return JSONResponse({
-        "model_version": model.version, "model_name": meta.get("model_name"), "source": state.source,
-        "image_size": meta.get("image_size"), "class_names": meta.get("class_names", list(CLASS_NAMES)),
-        "thresholds": meta.get("thresholds"), "val_metrics": meta.get("val_metrics"),
-        "eval_metrics": meta.get("eval_metrics"), "data_digest": meta.get("data_digest"),
-        "created_at": meta.get("created_at"), "service_version": __version__,
+        "model_version": model.version, "model_name": r.model_name, "source": state.source,
+        "image_size": r.image_size, "class_names": list(r.class_names), "thresholds": r.thresholds,
+        "val_metrics": r.val_metrics, "eval_metrics": r.eval_metrics, "data_digest": r.data_digest,
+        "created_at": r.created_at, "format_version": r.format_version, "service_version": __version__,
         "request_id": request.state.request_id})
 
 
