@@ -74,3 +74,37 @@ def test_runs_list_get_cancel(gcs, vertex) -> None:  # noqa: F811
     assert cancelled.returncode == 0 and api.calls("POST", r"pipelineJobs/run-two:cancel$")
     assert "CANCELLING" in cancelled.stdout
     assert "HTTP 404" in cli("runs", "get", "nope", env=env).stderr
+
+
+def test_runs_get_metrics_reads_the_train_task_while_it_runs(gcs, vertex) -> None:  # noqa: F811
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    api, url = vertex
+    api.polls_until_done = 100  # still running
+    env = cloud_env(gcs, url)
+    assert cli("submit", "--job-id", "run-live", "--skip-checks", env=env).returncode == 0
+    early = cli("runs", "get", "run-live", "--metrics", env=env)
+    assert early.returncode == 2 and "has no train task output yet" in early.stderr
+
+    model_uri = "gs://runs-bucket/root/123/run-live/train_-42/model"
+    job = api.state["jobs"]["projects/proj/locations/europe-west4/pipelineJobs/run-live"]
+    job["jobDetail"]["taskDetails"] = [{"taskName": "train", "state": "RUNNING", "outputs": {
+        "model": {"artifacts": [{"uri": model_uri, "schemaTitle": "system.Model"}]}}}]
+    waiting = cli("runs", "get", "run-live", "--metrics", env=env)
+    assert waiting.returncode == 0 and "no epoch has finished yet" in waiting.stdout
+
+    header = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,val_precision,val_recall,val_f1," \
+             "learning_rate,images_per_second,seconds\n"
+    rows = "1,0.69,0.55,0.68,0.6,0.6,0.6,0.61,0.001,812.5,41.2\n2,0.52,0.74,0.49,0.78,0.8,0.75,0.77,0.00095,820,40.9\n"
+    storage.Client(project="proj", credentials=AnonymousCredentials()).bucket("runs-bucket").blob(
+        "root/123/run-live/train_-42/model/metrics.csv").upload_from_string(header + rows)
+    table = cli("runs", "get", "run-live", "--metrics", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert "RUNNING" in lines[0] and model_uri in lines[0]
+    assert lines[1].split()[:3] == ["epoch", "train", "loss"]
+    assert lines[2].split() == ["1", "0.6900", "0.5500", "0.6800", "0.6000", "0.6100", "1.00e-03", "812", "41.2"]
+    assert lines[3].split()[0] == "2" and len(lines) == 4
+    as_json = json.loads(cli("runs", "get", "run-live", "--metrics", "--json", env=env).stdout)
+    assert [r["epoch"] for r in as_json["epochs"]] == ["1", "2"] and as_json["model"] == model_uri

@@ -500,11 +500,39 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.runs_command == "list":
         _print_rows(schedules.list_runs(settings, args.limit), ["id", "state", "created", "duration_s"], args.json)
         return 0
+    if args.runs_command == "get" and args.metrics:
+        return _print_epoch_metrics(*schedules.epoch_metrics(settings, args.run_id), as_json=args.json)
     run = (schedules.get_run if args.runs_command == "get" else schedules.cancel_run)(settings, args.run_id)
     if args.json or args.runs_command == "get":
         print(json.dumps(run, indent=2, default=str))
     else:
         print(f"run {run['id']}: {run['state']}")
+    return 0
+
+
+EPOCH_COLUMNS = (("epoch", "epoch", "d"), ("train_loss", "train loss", ".4f"), ("train_accuracy", "train acc", ".4f"),
+                 ("val_loss", "val loss", ".4f"), ("val_accuracy", "val acc", ".4f"), ("val_f1", "val f1", ".4f"),
+                 ("learning_rate", "lr", ".2e"), ("images_per_second", "img/s", ".0f"), ("seconds", "seconds", ".1f"))
+
+
+def _print_epoch_metrics(run: dict[str, Any], model_uri: str, rows: list[dict[str, str]], *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"run": run, "model": model_uri, "epochs": rows}, indent=2, default=str))
+        return 0
+    print(f"run {run['id']}: {run['state']}; model {model_uri}")
+    if not rows:
+        print("  no epoch has finished yet")
+        return 0
+    print("  " + " ".join(f"{title:>10}" for _, title, _ in EPOCH_COLUMNS))
+    for row in rows:
+        cells = []
+        for key, _, fmt in EPOCH_COLUMNS:
+            try:
+                value = int(row[key]) if fmt == "d" else float(row[key])
+                cells.append(f"{value:>10{fmt}}")
+            except (KeyError, ValueError):  # a column an older run did not write
+                cells.append(f"{'-':>10}")
+        print("  " + " ".join(cells))
     return 0
 
 
@@ -763,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_cloud_args(p)
         p.add_argument("run_id", help="the run's id or full resource name")
         p.add_argument("--json", action="store_true")
+        if action == "get":
+            p.add_argument("--metrics", action="store_true",
+                           help="the per-epoch table of its train task (while it runs, too)")
         p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("template", help="pipeline templates in Artifact Registry")

@@ -130,6 +130,33 @@ def get_run(settings: Settings, run_id: str) -> dict[str, Any]:
     return describe_run(with_retries(f"reading run {run_id}", lambda: aiplatform.PipelineJob.get(run_id)))
 
 
+def epoch_metrics(settings: Settings, run_id: str) -> tuple[dict[str, Any], str, list[dict[str, str]]]:
+    """The run, its train task's model folder and the rows of `metrics.csv` in it so far.
+
+    The train task rewrites metrics.csv in its model artifact after every epoch, so this works while the
+    job runs (Vertex mounts the artifact's gs:// folder), and after it ends."""
+    import csv
+
+    from google.cloud import aiplatform
+
+    from photo_detector.cloud.gcs import split_uri, thread_client
+
+    init_vertex(settings)
+    job = with_retries(f"reading run {run_id}", lambda: aiplatform.PipelineJob.get(run_id))
+    run = describe_run(job)
+    task = next((t for t in job._gca_resource.job_detail.task_details if t.task_name == "train"), None)
+    artifacts = task.outputs["model"].artifacts if task is not None and "model" in task.outputs else []
+    if not artifacts:
+        raise PhotoDetectorError(f"run {run['id']} ({run['state']}) has no train task output yet",
+                                 "ask again once its train task has started")
+    model_uri = artifacts[0].uri
+    bucket, prefix = split_uri(model_uri)
+    blob = thread_client(settings.project).bucket(bucket).blob(f"{prefix}/metrics.csv")
+    text = with_retries(f"reading {model_uri}/metrics.csv", lambda: blob.download_as_text() if blob.exists()
+                        else "")
+    return run, model_uri, list(csv.DictReader(text.splitlines())) if text else []
+
+
 def cancel_run(settings: Settings, run_id: str) -> dict[str, Any]:
     from google.cloud import aiplatform
 
