@@ -76,7 +76,8 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
             learning_rate=learning_rate,
             weight_decay=weight_decay, freeze_backbone=freeze_backbone,
             classification_threshold=classification_threshold, config_overrides=config_overrides)
-        trained.set_display_name("train")
+        # Retried like the other stages: an attempt resumes from the last epoch an earlier one saved.
+        trained.set_display_name("train").set_retry(p.retries)
         trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(p.train_accelerator_count)
         trained.set_cpu_limit(p.train_cpu).set_memory_limit(p.train_memory)
 

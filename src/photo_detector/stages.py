@@ -155,7 +155,7 @@ def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image
 @_stage("train")
 def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: Any, *, data_digest: str,
           config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
-    from photo_detector.artifacts import HISTORY, read_record
+    from photo_detector.artifacts import HISTORY, LAST, read_record
     from photo_detector.cloud.run_service import model_version
     from photo_detector.data.packed import read_manifest
     from photo_detector.reports import training_report
@@ -166,7 +166,12 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
     if data_digest and digest != data_digest:
         raise PhotoDetectorError(f"the verified dataset's digest {digest} is not the data_digest input "
                                  f"{data_digest}", "re-run the pipeline; the data changed between stages")
-    result = run_train(verified.path, model.path, cfg)
+    # A retried attempt (Vertex re-runs the task with the same executor input, so the same model folder on
+    # gs://) finds the last epoch's checkpoint there and resumes: to the same result, not from epoch 0.
+    resume = (Path(model.path) / LAST).is_file()
+    if resume:
+        log.info("resuming from %s: an earlier attempt of this task saved it", Path(model.path) / LAST)
+    result = run_train(verified.path, model.path, cfg, resume=resume)
     record = read_record(model.path)
     model.metadata.update({"framework": record.framework, "model_file": record.model_file,
                            "image_size": record.image_size, "data_digest": record.data_digest,
