@@ -14,23 +14,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from photo_detector.artifacts import read_metadata
+from photo_detector.artifacts import read_record
 from photo_detector.config import from_dict
 from photo_detector.model import build_model
-from photo_detector.preprocess import Preprocess, decode_square, to_model_input
+from photo_detector.preprocess import decode_square, to_model_input
 from photo_detector.serving.images import open_image
+from photo_detector.serving.multipart import file_parts
 
 
 def main(model_dir: str, port: int) -> None:
-    meta = read_metadata(model_dir)
-    cfg = from_dict(meta["config"])
+    record = read_record(model_dir)
+    cfg = from_dict(record.config)
     model = build_model(cfg.model, load_pretrained=False).eval()
     model.load_state_dict(torch.load(f"{model_dir}/best.pt", weights_only=False)["model_state_dict"])
-    pp = Preprocess.from_dict(meta["preprocess"])
+    pp = record.preprocess
 
     async def predict(request: Request) -> JSONResponse:
-        form = await request.form()
-        data = await form["file"].read()
+        data = file_parts(await request.body(), request.headers["content-type"], "file", 4)[0]
         img = open_image(data, max_pixels=40_000_000, draft_size=pp.store_size)
         x = torch.from_numpy(to_model_input([decode_square(img, pp.store_size)], pp))
         t0 = time.perf_counter()
