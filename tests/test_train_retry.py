@@ -50,7 +50,7 @@ def record(task: str, payload: dict[str, Any], produced: dict[str, Any]) -> None
 def test_a_killed_train_task_resumes_on_retry_to_the_uninterrupted_result(tmp_path: Path, sample_dir: Path) -> None:
     spec, tasks = load_spec(), flat_tasks(load_spec())
     defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
-    params = {**defaults, **PARAMETERS, "epochs": 3, "data_uri": str(sample_dir),
+    params = {**defaults, **PARAMETERS, "epochs": 2, "data_uri": str(sample_dir),
               "config_overrides": {**PARAMETERS["config_overrides"], "train.early_stopping_patience": 0}}
     produced: dict[str, Any] = {"artifacts": {"importer-artifact": {
         "name": "dataset", "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"},
