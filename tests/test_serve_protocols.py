@@ -108,6 +108,9 @@ def test_metrics_need_a_key_from_anywhere_but_this_host(trained_dir: Path) -> No
         assert remote.get("/metrics").status_code == 401
         assert remote.get("/metrics", headers=HEADERS).status_code == 200
         assert remote.get("/health").status_code == 200
+    with TestClient(app, client=("127.0.0.1", 40000)) as proxied:  # a proxy on this host forwarding a caller
+        assert proxied.get("/metrics").status_code == 200
+        assert proxied.get("/metrics", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 401
 
 
 def test_vertex_protocol_scores_each_instance_on_its_own(vertex_service, trained_dir: Path,

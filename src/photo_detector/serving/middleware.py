@@ -40,7 +40,9 @@ async def send_json(send: Callable, status: int, payload: dict[str, Any]) -> Non
 
 class KeyAuth:
     """Every path needs a valid X-API-Key except those in `public`; those in `loopback_public` are open to
-    clients on this host only (the Cloud Run Prometheus sidecar scrapes /metrics over localhost)."""
+    clients on this host only (the Cloud Run Prometheus sidecar scrapes /metrics over localhost). A request
+    that came through a proxy (it carries X-Forwarded-For, which Cloud Run's front end always adds) is never
+    "on this host", whatever address the proxy connected from."""
 
     def __init__(self, app: Any, keys: KeyChecker, public: Collection[str],
                  loopback_public: Collection[str] = ()) -> None:
@@ -50,7 +52,8 @@ class KeyAuth:
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            open_here = path in self.loopback_public and (scope.get("client") or ("",))[0] in LOOPBACK
+            open_here = (path in self.loopback_public and (scope.get("client") or ("",))[0] in LOOPBACK
+                         and _header(scope, b"x-forwarded-for") is None)
             if path not in self.public and not open_here and not self.keys.check(_header(scope, API_KEY_HEADER)):
                 rid = scope.get("state", {}).get("request_id", "")
                 await send_json(send, 401, {"error": "missing or invalid X-API-KEY header", "request_id": rid})
