@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from photo_detector.artifacts import ModelRecord, read_record
+from photo_detector.config import ThresholdsConfig
 from photo_detector.io import usable_cores
 from photo_detector.preprocess import Preprocess
 
@@ -43,22 +45,29 @@ def content_version(onnx_path: str | Path) -> str:
 
 @dataclass
 class LoadedModel:
-    """A model folder ready to run: its record (model.json), preprocessing, session and a content-derived
-    version."""
+    """A model folder ready to run: its record (model.json), session and a content-derived version."""
 
     path: Path
     record: ModelRecord
-    preprocess: Preprocess
     session: Any
     version: str
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.record.preprocess
+
+    @cached_property
+    def thresholds(self) -> ThresholdsConfig:
+        """The decision rule's thresholds the model was trained with (built once, not per request)."""
+        known = ThresholdsConfig.__dataclass_fields__
+        return ThresholdsConfig(**{k: v for k, v in self.record.thresholds.items() if k in known})
 
     @classmethod
     def load(cls, model_dir: str | Path, threads: int = 0) -> LoadedModel:
         model_dir = Path(model_dir)
         record = read_record(model_dir)
         onnx_path = model_dir / record.model_file
-        return cls(model_dir, record, record.preprocess, onnx_session(onnx_path, threads),
-                   content_version(onnx_path))
+        return cls(model_dir, record, onnx_session(onnx_path, threads), content_version(onnx_path))
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         return onnx_probabilities(self.session, inputs)

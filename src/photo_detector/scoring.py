@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from photo_detector.config import ThresholdsConfig
+from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.inference import LoadedModel
@@ -27,7 +27,6 @@ from photo_detector.progress import progress
 from photo_detector.serving.images import ImageRejected, open_image
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 COLUMNS = ["path", "prediction", "probability", "confidence", "error"]
 
 
@@ -48,9 +47,10 @@ def list_sources(source: str) -> list[str]:
     root = Path(source)
     if not root.is_dir():
         raise PhotoDetectorError(f"{source} is not a folder", "pass a folder of images or a gs://BUCKET/PREFIX")
-    found = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not found:
-        raise PhotoDetectorError(f"no images under {source}", f"the folder must hold {', '.join(IMAGE_SUFFIXES)} files")
+        raise PhotoDetectorError(f"no images under {source}",
+                                 f"the folder must hold {', '.join(sorted(IMAGE_EXTENSIONS))} files")
     return found
 
 
@@ -97,8 +97,7 @@ def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 1
     if workers is None:
         workers = 8 if source.startswith("gs://") else usable_cores()
     model = LoadedModel.load(Path(model_dir))
-    t = model.record.thresholds
-    thresholds = ThresholdsConfig(**{k: v for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
+    thresholds = model.thresholds
     paths = list_sources(source)
     counts = {"real": 0, "ai_generated": 0}
     failed = 0

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from photo_detector.cloud.gcs import split_uri, thread_client
@@ -23,11 +24,11 @@ from photo_detector.cloud.retry import with_retries
 from photo_detector.cloud.settings import Settings
 from photo_detector.cloud.vertex import VERTEX_HINTS, init_vertex
 from photo_detector.config import Config
+from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.errors import PhotoDetectorError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
             "JOB_STATE_PARTIALLY_SUCCEEDED"}
 
@@ -37,9 +38,11 @@ def list_images(uri: str) -> list[str]:
     bucket, prefix = split_uri(uri)
     blobs = with_retries(f"listing {uri}", lambda: list(thread_client().list_blobs(
         bucket, prefix=f"{prefix}/" if prefix else None, fields="items(name),nextPageToken")))
-    found = sorted(f"gs://{bucket}/{b.name}" for b in blobs if b.name.lower().endswith(IMAGE_SUFFIXES))
+    found = sorted(f"gs://{bucket}/{b.name}" for b in blobs
+                   if PurePosixPath(b.name).suffix.lower() in IMAGE_EXTENSIONS)
     if not found:
-        raise PhotoDetectorError(f"no images under {uri}", f"the source must hold {', '.join(IMAGE_SUFFIXES)} files")
+        raise PhotoDetectorError(f"no images under {uri}",
+                                 f"the source must hold {', '.join(sorted(IMAGE_EXTENSIONS))} files")
     return found
 
 

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from photo_detector import __version__
-from photo_detector.config import Config, ThresholdsConfig
+from photo_detector.config import Config
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.inference import LoadedModel
 from photo_detector.preprocess import decode_crop, normalise
@@ -108,11 +108,6 @@ def load_model(state: ServiceState) -> None:
         log.exception("model load failed: %s", state.error)
 
 
-def _thresholds(model: LoadedModel) -> ThresholdsConfig:
-    t = model.record.thresholds
-    return ThresholdsConfig(**{k: v for k, v in t.items() if k in ThresholdsConfig.__dataclass_fields__})
-
-
 # ---- request handling: plain functions of the request and the service state (no closure over create_app)
 
 def _state(request: Request) -> ServiceState:
@@ -187,7 +182,7 @@ async def _in_worker(state: ServiceState, fn: Any, *args: Any) -> Any:
 
 
 def _result(state: ServiceState, model: LoadedModel, probs: np.ndarray, seconds: float) -> list[dict[str, Any]]:
-    t = _thresholds(model)
+    t = model.thresholds
     labels = [label_for(float(p), t) for p in probs]
     state.metrics.observe_predictions(labels, [float(p) for p in probs], seconds)
     ms = round(seconds * 1000.0 / max(1, len(probs)), 3)
