@@ -18,9 +18,9 @@ file. Figures: benchmarks/data_transfer.py.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
-import struct
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +82,12 @@ def crc32c_of(path: Path) -> str:
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             checksum.update(block)
-    return base64.b64encode(struct.pack(">I", int.from_bytes(checksum.digest(), "big"))).decode()
+    return gcs_crc32c(checksum)
+
+
+def gcs_crc32c(checksum: Any) -> str:
+    """A google_crc32c.Checksum in the form GCS lists: base64 of the big-endian digest."""
+    return base64.b64encode(checksum.digest()).decode()
 
 
 @dataclass
@@ -106,6 +111,7 @@ def _gcs_error(action: str, exc: Exception) -> PhotoDetectorError:
     return PhotoDetectorError(f"{action} failed: {type(cause).__name__}: {message}", hint)
 
 
+@functools.cache
 def _transfer_errors() -> tuple[type[BaseException], ...]:
     """What a copy can fail with: API errors, retries given up, and transport errors (refused, timed out)."""
     import requests
@@ -134,7 +140,7 @@ def _get_media(session: Any, media_link: str, crc32c: str | None, path: Path) ->
             for chunk in resp.raw.stream(1 << 20, decode_content=False):  # stored bytes, as listed
                 checksum.update(chunk)
                 f.write(chunk)
-    got = base64.b64encode(checksum.digest()).decode()
+    got = gcs_crc32c(checksum)
     if crc32c and got != crc32c:
         raise common.DataCorruption(resp, f"CRC32C mismatch: listed {crc32c}, received {got}")
 
