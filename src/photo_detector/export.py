@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -145,12 +146,16 @@ def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Prep
 HEAD_ALIASES = ("classifier.", "fc.", "head.")
 
 
-def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint file, keys in this package's names (`backbone.*`, `head.*`)."""
+def checkpoint_state(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The model weights of a checkpoint file, keys in this package's names (`backbone.*`, `head.*`), and
+    the file's SHA-256 (recorded in model.json as the export's source); the file is read once."""
+    import hashlib
+
     if not path.is_file():
         raise PhotoDetectorError(f"checkpoint {path} does not exist", "pass the path of a best.pt")
+    data = path.read_bytes()
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-torch files
         raise PhotoDetectorError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}",
                                  "pass a file written by torch.save (a state dict, or a dict holding one)") from None
@@ -169,7 +174,7 @@ def checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
             if key.startswith(alias):
                 key = "head." + key.removeprefix(alias)
         out[key] = value
-    return out
+    return out, hashlib.sha256(data).hexdigest()
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data_dir: str | Path, *,
@@ -180,8 +185,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data
     `data_dir` holds a `val/{real,ai_generated}` split (an image folder or a verify-data output): its images
     check the ONNX parity, measure the validation metrics recorded in model.json, and give the smoke test its
     known images. They should be the validation images of the data the checkpoint was trained on."""
-    import hashlib
-
     from photo_detector.artifacts import BEST
     from photo_detector.data.augment import eval_transform, uint8_nchw
     from photo_detector.data.layout import discover_split
@@ -192,7 +195,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data
     from photo_detector.train import binary_metrics
 
     checkpoint, out, data_dir = Path(checkpoint), Path(out), Path(data_dir)
-    state = checkpoint_state(checkpoint)
+    state, digest = checkpoint_state(checkpoint)
     model = build_model(cfg.model, load_pretrained=False)
     fits = f"does not fit model.name={cfg.model.name} with model.hidden_dim={cfg.model.hidden_dim}"
     how = "set model.name / model.hidden_dim to what it was trained with"
@@ -222,7 +225,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data
     prepare_output_dir(out, force=force)
     with atomic_path(out / BEST) as tmp:
         torch.save({"model_state_dict": model.state_dict(), "source": str(checkpoint)}, tmp)
-    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     meta = export_model_folder(model, out, cfg, pp, store.images, store.labels, checkpoint_file=BEST,
                                val_metrics=val, val_images=len(store), source_checkpoint=str(checkpoint),
                                source_checkpoint_sha256=digest, data_digest="")

@@ -137,6 +137,7 @@ def epoch_metrics(settings: Settings, run_id: str) -> tuple[dict[str, Any], str,
     job runs (Vertex mounts the artifact's gs:// folder), and after it ends."""
     import csv
 
+    from google.api_core import exceptions as gexc
     from google.cloud import aiplatform
 
     from photo_detector.cloud.gcs import split_uri, thread_client
@@ -152,8 +153,10 @@ def epoch_metrics(settings: Settings, run_id: str) -> tuple[dict[str, Any], str,
     model_uri = artifacts[0].uri
     bucket, prefix = split_uri(model_uri)
     blob = thread_client(settings.project).bucket(bucket).blob(f"{prefix}/metrics.csv")
-    text = with_retries(f"reading {model_uri}/metrics.csv", lambda: blob.download_as_text() if blob.exists()
-                        else "")
+    try:
+        text = with_retries(f"reading {model_uri}/metrics.csv", blob.download_as_text)
+    except gexc.NotFound:  # the first epoch has not finished
+        text = ""
     return run, model_uri, list(csv.DictReader(text.splitlines())) if text else []
 
 
