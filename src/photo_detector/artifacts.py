@@ -11,8 +11,8 @@ from typing import Any
 
 from photo_detector.errors import PhotoDetectorError
 
-BEST, LAST, ONNX, METADATA, HISTORY, CONFIG = ("best.pt", "last.pt", "model.onnx", "model.json",
-                                               "metrics.csv", "config.yaml")
+BEST, LAST, ONNX, METADATA, HISTORY, CONFIG, LOGS = ("best.pt", "last.pt", "model.onnx", "model.json",
+                                                     "metrics.csv", "config.yaml", "logs")
 
 
 @dataclass(frozen=True)

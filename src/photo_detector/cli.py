@@ -54,6 +54,7 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from photo_detector.artifacts import LOGS
     from photo_detector.train import run_train
 
     cfg = _config(args, {"train.epochs": args.epochs, "data.batch_size": args.batch_size,
@@ -64,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     why = {"early_stopping": " (stopped early)", "budget": f" (time budget of {cfg.train.max_minutes:g} min)"}
     print(f"best epoch {res.best_epoch}/{res.epochs_run}: val_accuracy {m['val_accuracy']:.4f} "
           f"val_f1 {m['val_f1']:.4f}{why.get(res.stopped_by, '')}; {res.seconds:.1f}s; model: {res.onnx_path}; "
-          f"logs: tensorboard --logdir {res.out_dir / 'logs'}")
+          f"logs: tensorboard --logdir {res.out_dir / LOGS}")
     return 0
 
 

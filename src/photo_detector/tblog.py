@@ -38,6 +38,12 @@ class EpochLog:
     def close(self) -> None:
         self.writer.close()
 
+    def __enter__(self) -> EpochLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def read_scalars(folder: str | Path) -> dict[str, dict[int, float]]:
     """{tag: {step: value}} from every event file under `folder` (TFRecord framing, Event protos); a later

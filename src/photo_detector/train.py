@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, ONNX
+from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, LOGS, ONNX
 from photo_detector.config import Config, from_dict
 from photo_detector.data.augment import BatchAugment, eval_transform, jpeg_recompress, uint8_nchw
 from photo_detector.data.layout import discover_split
@@ -52,10 +52,13 @@ class TrainResult:
     best_val_accuracy: float
     best_metrics: dict[str, float]
     epochs_run: int
-    stopped_early: bool
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str = "epochs"  # "epochs" | "early_stopping" | "budget"
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopped_by == "early_stopping"
 
     @property
     def onnx_path(self) -> Path:
@@ -445,57 +448,57 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
 
     monitor, mode, patience = cfg.train.checkpoint_monitor, cfg.train.checkpoint_mode, \
         cfg.train.early_stopping_patience
-    stopped_early = bad_epochs >= patience > 0
-    stopped_by = "early_stopping" if stopped_early else "epochs"
+    # Why training stopped: early stopping (also when resuming a run that had), the budget, or None until the
+    # loop runs out of epochs.
+    stopped_by: str | None = "early_stopping" if bad_epochs >= patience > 0 else None
     epoch = first_epoch - 1
     loop_start = time.perf_counter()
-    tb = EpochLog(out / "logs")
-    while not stopped_early and epoch < cfg.train.epochs:
-        spent = earlier_seconds + time.perf_counter() - loop_start
-        if budget_reached(spent, history, cfg.train.max_minutes):
-            stopped_by = "budget"
-            log.info("time budget: %.1f of train.max_minutes=%g min spent; the next epoch would overrun it, so "
-                     "training stops after epoch %d", spent / 60, cfg.train.max_minutes, epoch)
-            break
-        epoch += 1
-        t0 = time.perf_counter()
-        if trainer.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.device)
-        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch)}
-        row["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / (time.perf_counter() - t0)
-        row.update({**trainer.validate(), "learning_rate": trainer.optimizer.param_groups[0]["lr"]})
-        if trainer.device.type == "cuda":
-            row["gpu_peak_memory_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        value = row[monitor]
-        state = trainer.state(epoch)
-        if _improved(value, best, mode):
-            best, best_epoch, bad_epochs = value, epoch, 0
-            best_acc = row["val_accuracy"]
-            save_checkpoint(out / BEST, {**state, "val_accuracy": row["val_accuracy"],
-                                         "best_val_accuracy": best_acc, "metrics": row})
-        else:
-            bad_epochs += 1
-        best_row = next(r for r in history if r["epoch"] == best_epoch)
-        save_checkpoint(last_path, {**state, "val_accuracy": row["val_accuracy"],
-                                    "best_val_accuracy": best_row["val_accuracy"], "history": history,
-                                    "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                                    "rng": _rng_state(gens),
-                                    "train_seconds": earlier_seconds + time.perf_counter() - loop_start})
-        _write_history(out / HISTORY, history)
-        tb.epoch(row)
-        log.info("epoch %d/%d  train_loss %.4f acc %.4f | val_loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s",
-                 epoch, cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
-                 row["val_accuracy"], row["val_f1"], row["learning_rate"], row["seconds"],
-                 "  *best*" if best_epoch == epoch else "")
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-        stopped_early = bad_epochs >= patience > 0
-        if stopped_early:
-            stopped_by = "early_stopping"
-    tb.close()
-    if stopped_early:
+    with EpochLog(out / LOGS) as tb:  # closed however the loop ends, a diverged run included
+        while stopped_by is None and epoch < cfg.train.epochs:
+            spent = earlier_seconds + time.perf_counter() - loop_start
+            if budget_reached(spent, history, cfg.train.max_minutes):
+                stopped_by = "budget"
+                log.info("time budget: %.1f of train.max_minutes=%g min spent; the next epoch would overrun it, so "
+                         "training stops after epoch %d", spent / 60, cfg.train.max_minutes, epoch)
+                break
+            epoch += 1
+            t0 = time.perf_counter()
+            if trainer.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(trainer.device)
+            row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch)}
+            row["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / (time.perf_counter() - t0)
+            row.update({**trainer.validate(), "learning_rate": trainer.optimizer.param_groups[0]["lr"]})
+            if trainer.device.type == "cuda":
+                row["gpu_peak_memory_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            value = row[monitor]
+            state = trainer.state(epoch)
+            if _improved(value, best, mode):
+                best, best_epoch, bad_epochs = value, epoch, 0
+                best_acc = row["val_accuracy"]
+                save_checkpoint(out / BEST, {**state, "val_accuracy": row["val_accuracy"],
+                                             "best_val_accuracy": best_acc, "metrics": row})
+            else:
+                bad_epochs += 1
+            best_row = next(r for r in history if r["epoch"] == best_epoch)
+            save_checkpoint(last_path, {**state, "val_accuracy": row["val_accuracy"],
+                                        "best_val_accuracy": best_row["val_accuracy"], "history": history,
+                                        "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                                        "rng": _rng_state(gens),
+                                        "train_seconds": earlier_seconds + time.perf_counter() - loop_start})
+            _write_history(out / HISTORY, history)
+            tb.epoch(row)
+            log.info("epoch %d/%d  train_loss %.4f acc %.4f | val_loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s",
+                     epoch, cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
+                     row["val_accuracy"], row["val_f1"], row["learning_rate"], row["seconds"],
+                     "  *best*" if best_epoch == epoch else "")
+            if on_epoch_end is not None:
+                on_epoch_end(row)
+            if bad_epochs >= patience > 0:
+                stopped_by = "early_stopping"
+    stopped_by = stopped_by or "epochs"
+    if stopped_by == "early_stopping":
         log.info("early stopping: %s did not improve for %d epochs", monitor, patience)
 
     if not history:
@@ -509,10 +512,10 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
                         train_images=len(trainer.train_store), val_images=len(trainer.val_store),
                         data_digest=trainer.data_digest,
                         training={"epochs_run": epoch, "stopped_by": stopped_by,
-                                  "max_minutes": cfg.train.max_minutes, "logs": "logs"})
+                                  "max_minutes": cfg.train.max_minutes, "logs": LOGS})
     seconds = time.perf_counter() - start
     log.info("best epoch %d: val_accuracy %.4f; wrote %s in %.1fs", best_ckpt["epoch"],
              best_row["val_accuracy"], out, seconds)
-    return TrainResult(out, best_ckpt["epoch"], best_row["val_accuracy"], dict(best_row), epoch,
-                       stopped_early, seconds, history, stopped_by)
+    return TrainResult(out, best_ckpt["epoch"], best_row["val_accuracy"], dict(best_row), epoch, seconds, history,
+                       stopped_by)
 
