@@ -155,7 +155,7 @@ def _decode(state: ServiceState, model: LoadedModel, data: bytes) -> np.ndarray:
     return decode_crop(img, pp)
 
 
-def _infer(state: ServiceState, model: LoadedModel, crops: list[np.ndarray]) -> tuple[np.ndarray, float]:
+def _infer(model: LoadedModel, crops: list[np.ndarray]) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     probs = model.probabilities(normalise(crops, model.preprocess))
     return probs, time.perf_counter() - t0
@@ -170,7 +170,7 @@ def _predict_files(state: ServiceState, blobs: list[bytes]) -> tuple[np.ndarray,
             squares.append(_decode(state, model, data))
         except ImageRejected as exc:
             raise ClientError(exc.status, (f"file {i + 1}: " if len(blobs) > 1 else "") + exc.message) from None
-    return _infer(state, model, squares)
+    return _infer(model, squares)
 
 
 async def _in_worker(state: ServiceState, fn: Any, *args: Any) -> Any:
@@ -229,7 +229,7 @@ def _predict_instances(state: ServiceState, instances: list[Any]) -> list[dict[s
         except ImageRejected as exc:
             out[i] = InstanceError(exc.status, exc.message).to_json()
     if squares:
-        probs, seconds = _infer(state, model, squares)
+        probs, seconds = _infer(model, squares)
         for i, res in zip(where, _result(state, model, probs, seconds), strict=True):
             out[i] = res
     return out  # type: ignore[return-value]
