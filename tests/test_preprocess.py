@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from photo_detector.config import AugmentationConfig, ColorJitterConfig
-from photo_detector.data.augment import BatchAugment, eval_transform, uint8_nchw
+from photo_detector.data.augment import AugmentDraw, BatchAugment, eval_transform, uint8_nchw
 from photo_detector.preprocess import Preprocess, decode_square, preprocess_files, to_model_input
 
 # Stated tolerance, in normalised units: when the store is already at resize size both paths do identical
@@ -144,7 +144,8 @@ def test_blocked_colour_map_equals_the_per_pixel_affine_map(crop: int) -> None:
     pp = Preprocess(40, 40, crop)
     cfg = AugmentationConfig(color_jitter=ColorJitterConfig(0.3, 0.3, 0.3, 0.1))
     x = torch.randint(0, 256, (5, crop * crop, 3), generator=torch.Generator().manual_seed(3)).float()
-    got = _aug(cfg, pp, seed=9)._colour_normalise(x)
+    aug = _aug(cfg, pp, seed=9)
+    got = aug._colour_normalise(x, AugmentDraw(torch.zeros(5, 2, 3), *aug._colour_maps(5)))
 
     m, contrast_w = _aug(cfg, pp, seed=9)._colour_maps(5)  # the same draws
     mean, std = torch.tensor(pp.mean), torch.tensor(pp.std)
@@ -152,6 +153,19 @@ def test_blocked_colour_map_equals_the_per_pixel_affine_map(crop: int) -> None:
     rgb = torch.einsum("noi,npi->npo", m, x / 255.0) + (contrast_w * (x.mean(1) @ gray / 255.0)).view(5, 1, 1)
     want = torch.minimum(torch.maximum((rgb - mean) / std, -mean / std), (1 - mean) / std)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("store_size", [40, 20])  # gather at 1:1 scale, bilinear upscaling
+def test_a_slice_of_the_global_draw_augments_like_the_whole_batch(store_size: int) -> None:
+    """What lets N training processes match one: each augments its rows with its slice of one global draw."""
+    pp = Preprocess(store_size, 40, 32)
+    store = _batch(10, store_size)
+    idx = torch.tensor([7, 2, 5, 9, 0, 3])
+    whole = _aug(AugmentationConfig(), pp, seed=4)(store, index=idx)
+    aug = _aug(AugmentationConfig(), pp, seed=4)
+    draw = aug.draw(6)
+    halves = [aug(store, index=idx[rows], draw=draw[rows]) for rows in (slice(0, 3), slice(3, 6))]
+    torch.testing.assert_close(torch.cat(halves), whole, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("store_size", [40, 20])  # gather at 1:1 scale, bilinear upscaling

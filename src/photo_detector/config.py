@@ -89,6 +89,8 @@ class TrainConfig:
     precision: str = _f("auto", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _f(True)
     max_minutes: float = _f(180.0, lo=0.0, hi=1e6)
+    # Training processes, one per GPU (DDP); data.batch_size stays the global batch. On the CPU: gloo processes.
+    gpus: int = _f(1, lo=1, hi=16)
 
 
 @dataclass

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import io
@@ -30,6 +31,7 @@ from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_model_folder
 from photo_detector.io import atomic_path, prepare_output_dir, write_text_atomic
 from photo_detector.model import PhotoDetector, build_model, count_trainable
+from photo_detector.parallel import Shard, ShardDropout, check_world, launch, sync_batchnorm
 from photo_detector.preprocess import Preprocess
 from photo_detector.progress import progress
 from photo_detector.tblog import EpochLog
@@ -42,7 +44,9 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 TIMING_KEYS = ("seconds", "images_per_second", "gpu_peak_memory_mib")
 # Keys that may differ between a run and its resume without changing the result (a budget only says when
 # to stop, not how each epoch trains).
-RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "device"), ("train", "max_minutes")}
+# train.gpus is among them: N processes train like one on the same global batch (photo_detector.parallel), so
+# an attempt may resume on fewer or more GPUs.
+RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "device"), ("train", "max_minutes"), ("train", "gpus")}
 
 
 @dataclass
@@ -251,9 +255,12 @@ def _load_data(data_dir: Path, cfg: Config) -> tuple[ImageStore, ImageStore, int
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, data_dir: Path) -> None:
+    def __init__(self, cfg: Config, data_dir: Path, shard: Shard) -> None:
         self.cfg = cfg
+        self.shard = shard
         self.device = select_device(cfg.train.device)
+        if self.device.type == "cuda" and shard.distributed:
+            self.device = torch.device("cuda", shard.rank)
         self.autocast_dtype = select_precision(cfg.train.precision, self.device)
         self.channels_last = cfg.train.channels_last
 
@@ -268,13 +275,17 @@ class _Trainer:
         self.train_x = self._to_device(self.train_store)
         self.val_x = self._to_device(self.val_store)
         self.train_y = torch.from_numpy(self.train_store.labels).float()
+        # The global batch (every process's rows together); each process trains on `self.rows` of it.
         self.batch_size = min(cfg.data.batch_size, len(self.train_store))
+        self.batch_size -= self.batch_size % shard.world
+        self.rows = shard.rows(self.batch_size)
         self.steps_per_epoch = len(self.train_store) // self.batch_size
 
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.augment = BatchAugment(cfg.augmentation, self.pp, self.aug_gen)
         self.jpeg_gen = torch.Generator().manual_seed(cfg.seed + 3)
+        self.dropout_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 4)
         self.jpeg = cfg.augmentation.jpeg_probability > 0
         self.loss_fn = nn.BCEWithLogitsLoss()
 
@@ -292,44 +303,65 @@ class _Trainer:
     def build(self, load_pretrained: bool) -> None:
         cfg = self.cfg
         self.model: PhotoDetector = build_model(cfg.model, load_pretrained=load_pretrained).to(self.device)
+        for i, layer in enumerate(self.model.head):  # masks drawn per global batch (parallel.ShardDropout)
+            if isinstance(layer, nn.Dropout):
+                self.model.head[i] = ShardDropout(layer.p, self.dropout_gen, self.shard)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # What the training step calls: the model itself, or its DDP wrapper that averages gradients over
+        # processes in the backward pass (checkpoints and validation use the model itself).
+        self.net: nn.Module = self.model
+        if self.shard.distributed:
+            sync_batchnorm(self.model, self.device)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False)  # BatchNorm buffers stay equal on every rank: global statistics
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, steps_per_epoch=self.steps_per_epoch, cfg=cfg))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype is torch.float16)
-        log.info("model %s: %d trainable parameters; device %s, autocast %s, channels_last %s",
-                 cfg.model.name, count_trainable(self.model), self.device, self.autocast_dtype,
-                 self.channels_last)
+        log.info("model %s: %d trainable parameters; device %s, autocast %s, channels_last %s, %d process(es), "
+                 "global batch %d", cfg.model.name, count_trainable(self.model), self.device, self.autocast_dtype,
+                 self.channels_last, self.shard.world, self.batch_size)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
+
+    def forward_batch(self, perm: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, logits and labels of this process's rows of global batch `step` of the epoch order `perm`."""
+        cfg = self.cfg
+        # Random draws cover the global batch; this process keeps its rows (all of them in one process).
+        idx = perm[step * self.batch_size:(step + 1) * self.batch_size][self.rows]
+        draw = self.augment.draw(self.batch_size)[self.rows]
+        yb = self.train_y[idx].to(self.device, non_blocking=True)
+        # The store's device is "cuda:0" where self.device is "cuda", so compare types: same type means
+        # the store lives where training runs and augment reads the batch from it in place.
+        if self.train_x.device.type == self.device.type and not self.jpeg:
+            inputs = self.augment(self.train_x, channels_last=self.channels_last, index=idx, draw=draw)
+        else:  # a copy of the batch: pinned host store, or JPEG re-compression (never of the store itself)
+            xb = self.train_x[idx]
+            if self.jpeg:
+                a = cfg.augmentation
+                xb = jpeg_recompress(xb, a.jpeg_probability, (a.jpeg_quality[0], a.jpeg_quality[1]),
+                                     self.jpeg_gen, rows=self.rows, total=self.batch_size)
+            inputs = self.augment(xb.to(self.device, non_blocking=True), channels_last=self.channels_last,
+                                  draw=draw)
+        with self._autocast():
+            logits = self.net(inputs).float()
+            loss = self.loss_fn(logits, yb)
+        return loss, logits, yb
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         self.model.train()
         perm = torch.randperm(len(self.train_store), generator=self.shuffle_gen)
         loss_sum = correct = seen = 0.0
-        bar = progress(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch")
+        bar = progress(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
+                       disable=not self.shard.main)
         for step in range(self.steps_per_epoch):
-            idx = perm[step * self.batch_size:(step + 1) * self.batch_size]
-            yb = self.train_y[idx].to(self.device, non_blocking=True)
-            # The store's device is "cuda:0" where self.device is "cuda", so compare types: same type means
-            # the store lives where training runs and augment reads the batch from it in place.
-            if self.train_x.device.type == self.device.type and not self.jpeg:
-                inputs = self.augment(self.train_x, channels_last=self.channels_last, index=idx)
-            else:  # a copy of the batch: pinned host store, or JPEG re-compression (never of the store itself)
-                xb = self.train_x[idx]
-                if self.jpeg:
-                    a = cfg.augmentation
-                    xb = jpeg_recompress(xb, a.jpeg_probability, (a.jpeg_quality[0], a.jpeg_quality[1]),
-                                         self.jpeg_gen)
-                inputs = self.augment(xb.to(self.device, non_blocking=True), channels_last=self.channels_last)
-            with self._autocast():
-                logits = self.model(inputs).float()
-                loss = self.loss_fn(logits, yb)
+            loss, logits, yb = self.forward_batch(perm, step)
             if not torch.isfinite(loss):
                 raise PhotoDetectorError(f"training diverged at epoch {epoch}, step {step + 1}: loss is "
                                          f"{float(loss)}", "lower train.learning_rate or set train.grad_clip_norm")
@@ -341,25 +373,28 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            n = len(idx)
+            n = len(yb)
             loss_sum += float(loss.detach()) * n
             correct += float(((logits.detach() >= 0) == (yb >= 0.5)).sum())
             seen += n
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.close()
+        loss_sum, correct, seen = self.shard.sum([loss_sum, correct, seen])
         return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
     @torch.inference_mode()
     def predict_store(self, x: torch.Tensor) -> np.ndarray:
-        """Logits for a uint8 store through the eval preprocessing, in batches."""
+        """Logits for a uint8 store through the eval preprocessing, in batches; each process scores its chunk
+        and every process gets all logits (so all take the same best-epoch and stopping decisions)."""
         self.model.eval()
-        out = []
-        for i in range(0, x.shape[0], self.batch_size):
-            xb = eval_transform(x[i:i + self.batch_size].to(self.device), self.pp, self.channels_last)
+        part = x[self.shard.chunk(x.shape[0])]
+        out = [torch.zeros(0)]
+        for i in range(0, part.shape[0], self.batch_size):
+            xb = eval_transform(part[i:i + self.batch_size].to(self.device), self.pp, self.channels_last)
             with self._autocast():
                 out.append(self.model(xb).float().cpu())
-        return torch.cat(out).numpy()
+        return self.shard.gather(torch.cat(out), x.shape[0]).numpy()
 
     def validate(self) -> dict[str, float]:
         logits = self.predict_store(self.val_x)
@@ -406,33 +441,58 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     """Train on `data_dir/{train,val}` and write checkpoints, metrics.csv, model.onnx and model.json.
 
     `on_epoch_end(row)` is called after each epoch's checkpoints are on disk (pipelines log metrics with it).
+    With train.gpus > 1 it runs in one process per GPU (see photo_detector.parallel) and is called in the
+    first, so it must be picklable (a module-level function).
     """
     start = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out_dir)
-    last_path = out / LAST
-    ckpt: dict[str, Any] | None = None
     if resume:
-        if not last_path.is_file():
-            raise PhotoDetectorError(f"--resume: {last_path} does not exist", "start a new run without --resume")
-        ckpt = load_checkpoint(last_path)
-        diffs = _config_diff(cfg.to_dict(), ckpt["config"])
-        if diffs:
-            raise PhotoDetectorError(f"--resume: the config differs from the checkpoint's at {'; '.join(diffs)}",
-                                     "resume with the same config and flags as the interrupted run")
-        cfg = from_dict({**ckpt["config"], "data": {**ckpt["config"]["data"], "num_workers":
-                                                    cfg.data.num_workers},
-                         "train": {**ckpt["config"]["train"], "device": cfg.train.device,
-                                   "max_minutes": cfg.train.max_minutes}})
+        cfg = _resume_config(out / LAST, cfg)
+    world = cfg.train.gpus
+    if world > 1:
+        device = select_device(cfg.train.device)
+        check_world(world, device, cfg.data.batch_size)
     prepare_output_dir(out, force=force, resume=resume)
+    args = (data_dir, out, cfg, resume, on_epoch_end)
+    if world == 1:
+        result = _train(*args, Shard())
+    else:
+        result = launch(_train, args, world, "nccl" if device.type == "cuda" else "gloo")
+    result.seconds = time.perf_counter() - start
+    return result
 
+
+def _resume_config(last_path: Path, cfg: Config) -> Config:
+    """The interrupted run's config, after checking that `cfg` asks for the same training."""
+    if not last_path.is_file():
+        raise PhotoDetectorError(f"--resume: {last_path} does not exist", "start a new run without --resume")
+    saved = load_checkpoint(last_path)["config"]
+    diffs = _config_diff(cfg.to_dict(), saved)
+    if diffs:
+        raise PhotoDetectorError(f"--resume: the config differs from the checkpoint's at {'; '.join(diffs)}",
+                                 "resume with the same config and flags as the interrupted run")
+    free = {section: {key: getattr(getattr(cfg, section), key) for (sec, key) in RESUME_FREE_KEYS if sec == section}
+            for section in {sec for sec, _ in RESUME_FREE_KEYS}}
+    return from_dict({**saved, **{section: {**saved[section], **keys} for section, keys in free.items()}})
+
+
+def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
+           on_epoch_end: Callable[[dict[str, float]], None] | None, shard: Shard) -> TrainResult:
+    """The training loop of one process; `shard` says which (rank 0 of 1 without DDP)."""
+    start = time.perf_counter()
+    last_path = out / LAST
+    ckpt = load_checkpoint(last_path) if resume else None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    trainer = _Trainer(cfg, data_dir)
+    trainer = _Trainer(cfg, data_dir, shard)
     trainer.build(load_pretrained=ckpt is None and cfg.model.pretrained)
-    write_text_atomic(out / CONFIG, cfg.to_yaml())
+    if shard.main:
+        write_text_atomic(out / CONFIG, cfg.to_yaml())
 
-    gens = {"shuffle": trainer.shuffle_gen, "augment": trainer.aug_gen, "jpeg": trainer.jpeg_gen}
+    # Every process holds the same generator states (draws cover the global batch), so rank 0's are all.
+    gens = {"shuffle": trainer.shuffle_gen, "augment": trainer.aug_gen, "jpeg": trainer.jpeg_gen,
+            "dropout": trainer.dropout_gen}
     history: list[dict[str, float]] = []
     best: float | None = None
     best_epoch, bad_epochs, first_epoch, earlier_seconds = 0, 0, 1, 0.0
@@ -453,10 +513,11 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     stopped_by: str | None = "early_stopping" if bad_epochs >= patience > 0 else None
     epoch = first_epoch - 1
     loop_start = time.perf_counter()
-    with EpochLog(out / LOGS) as tb:  # closed however the loop ends, a diverged run included
+    # Closed however the loop ends, a diverged run included; only rank 0 writes logs and checkpoints.
+    with EpochLog(out / LOGS) if shard.main else contextlib.nullcontext() as tb:
         while stopped_by is None and epoch < cfg.train.epochs:
             spent = earlier_seconds + time.perf_counter() - loop_start
-            if budget_reached(spent, history, cfg.train.max_minutes):
+            if shard.agree(budget_reached(spent, history, cfg.train.max_minutes)):
                 stopped_by = "budget"
                 log.info("time budget: %.1f of train.max_minutes=%g min spent; the next epoch would overrun it, so "
                          "training stops after epoch %d", spent / 60, cfg.train.max_minutes, epoch)
@@ -472,15 +533,19 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
                 row["gpu_peak_memory_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            value = row[monitor]
-            state = trainer.state(epoch)
-            if _improved(value, best, mode):
-                best, best_epoch, bad_epochs = value, epoch, 0
-                best_acc = row["val_accuracy"]
-                save_checkpoint(out / BEST, {**state, "val_accuracy": row["val_accuracy"],
-                                             "best_val_accuracy": best_acc, "metrics": row})
+            improved = _improved(row[monitor], best, mode)  # the same on every rank: gathered validation
+            if improved:
+                best, best_epoch, bad_epochs = row[monitor], epoch, 0
             else:
                 bad_epochs += 1
+            if bad_epochs >= patience > 0:
+                stopped_by = "early_stopping"
+            if not shard.main:
+                continue
+            state = trainer.state(epoch)
+            if improved:
+                save_checkpoint(out / BEST, {**state, "val_accuracy": row["val_accuracy"],
+                                             "best_val_accuracy": row["val_accuracy"], "metrics": row})
             best_row = next(r for r in history if r["epoch"] == best_epoch)
             save_checkpoint(last_path, {**state, "val_accuracy": row["val_accuracy"],
                                         "best_val_accuracy": best_row["val_accuracy"], "history": history,
@@ -495,14 +560,15 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
                      "  *best*" if best_epoch == epoch else "")
             if on_epoch_end is not None:
                 on_epoch_end(row)
-            if bad_epochs >= patience > 0:
-                stopped_by = "early_stopping"
     stopped_by = stopped_by or "epochs"
     if stopped_by == "early_stopping":
         log.info("early stopping: %s did not improve for %d epochs", monitor, patience)
 
     if not history:
         raise PhotoDetectorError(f"{out} holds no finished epoch", "start a new run with --force")
+    if not shard.main:  # rank 0 exports; the result returned is rank 0's
+        return TrainResult(out, best_epoch, float("nan"), {}, epoch, time.perf_counter() - start, history,
+                           stopped_by)
     best_ckpt = load_checkpoint(out / BEST)
     trainer.model.load_state_dict(best_ckpt["model_state_dict"])
     best_row = best_ckpt["metrics"]

@@ -9,6 +9,7 @@ contrast, saturation, hue and normalisation folded together), on the GPU when th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,19 @@ def eval_transform(x: torch.Tensor, pp: Preprocess, channels_last: bool = False)
     xf = xf[:, :, o:o + pp.crop_size, o:o + pp.crop_size] / 255.0
     out = _normalize(xf, pp)
     return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """The random parameters of one batch: geometry (n, 2, 3), colour maps (n, 3, 3), contrast weights (n,)."""
+
+    theta: torch.Tensor
+    colour: torch.Tensor
+    contrast_w: torch.Tensor
+
+    def __getitem__(self, rows: slice) -> AugmentDraw:
+        """Some samples' parameters: a training process's part of the global batch's draw."""
+        return AugmentDraw(self.theta[rows], self.colour[rows], self.contrast_w[rows])
 
 
 class BatchAugment:
@@ -130,7 +144,14 @@ class BatchAugment:
         rot[:, 2, 1], rot[:, 2, 2] = torch.sin(h), torch.cos(h)
         return (c * b).view(n, 1, 1) * (self._yiq_inv @ rot @ self._yiq @ sat), (1 - c) * b
 
-    def _colour_normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def draw(self, n: int) -> AugmentDraw:
+        """Parameters for `n` samples (geometry first, then colour: the generator's order). Drawn for the whole
+        global batch and sliced per process, so a sample gets the same augmentation however many processes
+        train (see photo_detector.parallel)."""
+        theta = self._geometry(n)
+        return AugmentDraw(theta, *self._colour_maps(n))
+
+    def _colour_normalise(self, x: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
         """Colour jitter, the 1/255 scale and mean/std normalisation folded into one per-sample affine map on
         (n, P, 3) float pixels in 0-255, then clamped to the valid range.
 
@@ -141,7 +162,7 @@ class BatchAugment:
         n, p = x.shape[0], x.shape[1]
         g = next(k for k in (8, 4, 2, 1) if p % k == 0)
         rows = x.contiguous().view(n, p // g, 3 * g)
-        m, contrast_w = self._colour_maps(n)
+        m, contrast_w = draw.colour, draw.contrast_w
         # colour in [0, 1]: y = m @ x/255 + (1-c)*b*gray_mean; hue and saturation keep grey fixed.
         gray_mean = (rows.sum(1).view(n, g, 3).sum(1) / p) @ self._gray / 255.0
         mean, std = self._mean, self._std
@@ -153,38 +174,43 @@ class BatchAugment:
         return out.clamp_(min=lo, max=hi).view(n, p, 3)
 
     def __call__(self, x: torch.Tensor, channels_last: bool = False,
-                 index: torch.Tensor | None = None) -> torch.Tensor:
+                 index: torch.Tensor | None = None, draw: AugmentDraw | None = None) -> torch.Tensor:
         """uint8 NCHW (N, 3, T, T) -> augmented, normalised float (N, 3, crop, crop); with `index`, `x` is
-        the whole store and the batch is `x[index]` (read in place, never copied at 1:1 scale).
+        the whole store and the batch is `x[index]` (read in place, never copied at 1:1 scale). `draw`: the
+        batch's parameters when drawn beforehand (one process's slice of a global batch); else drawn here.
 
         At 1:1 scale (store already at resize size) the crop/flip/rotation gather uses nearest pixels, as
         torchvision's RandomRotation does by default, straight from uint8; when the store must be upscaled
         (small images such as CIFAKE's) it resamples bilinearly, as the eval path does.
         """
         n, s = (x.shape[0] if index is None else index.shape[0]), self.pp.crop_size
-        theta = self._geometry(n)
+        draw = draw if draw is not None else self.draw(n)
         if x.shape[-1] == self.pp.resize_size:
-            pixels = self._nearest(x, theta, index).float()
+            pixels = self._nearest(x, draw.theta, index).float()
         else:
-            pixels = self._bilinear(x if index is None else x[index.to(x.device)], theta)
-        out = self._colour_normalise(pixels).view(n, s, s, 3).permute(0, 3, 1, 2)
+            pixels = self._bilinear(x if index is None else x[index.to(x.device)], draw.theta)
+        out = self._colour_normalise(pixels, draw).view(n, s, s, 3).permute(0, 3, 1, 2)
         return out if channels_last else out.contiguous()
 
 
 def jpeg_recompress(x: torch.Tensor, probability: float, quality: tuple[int, int],
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator, rows: slice | None = None, total: int | None = None) -> torch.Tensor:
     """Re-compress a random share of a uint8 NCHW batch as JPEG, each at a quality drawn from `quality`
     (inclusive). Why: when one class arrived as JPEG and the other did not, a detector can learn compression
     traces instead of content ("Fake or JPEG?"); re-compressing training images at random qualities makes
     those traces useless. Works on the given tensor (pass a copy of the store's rows); Pillow's codec, the
-    one verify-data and serving decode with (torchvision's own is deprecated since 0.29)."""
+    one verify-data and serving decode with (torchvision's own is deprecated since 0.29). With `rows` and
+    `total`, `x` is those rows of a global batch of `total`: the draw covers the whole batch, as in one process."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    pick = torch.rand(x.shape[0], generator=generator) < probability
-    qualities = torch.randint(quality[0], quality[1] + 1, (x.shape[0],), generator=generator)
+    n = total or x.shape[0]
+    pick = torch.rand(n, generator=generator) < probability
+    qualities = torch.randint(quality[0], quality[1] + 1, (n,), generator=generator)
+    if rows is not None:
+        pick, qualities = pick[rows], qualities[rows]
     rows = pick.nonzero().flatten()
     if len(rows) == 0:
         return x

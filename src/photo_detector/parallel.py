@@ -1,0 +1,284 @@
+"""Training on several GPUs: one process per GPU under DistributedDataParallel, launched by `run_train`.
+
+The rule that keeps results comparable: `data.batch_size` is the *global* batch and `train.learning_rate`
+belongs to it. Each of N processes trains on its 1/N slice of every global batch, and everything random is
+drawn for the whole global batch and then sliced (augmentation, JPEG re-compression, dropout). BatchNorm
+statistics are taken over the global batch. So N processes compute the same step as one process on the same
+batch, within float tolerance, and changing `train.gpus` changes speed, not the model.
+
+On the CPU (tests, debugging) the processes talk over gloo; torch's SyncBatchNorm refuses non-GPU tensors, so
+the CPU path synchronises BatchNorm with the same arithmetic in plain ops (`sync_batchnorm`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import queue
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from photo_detector.errors import PhotoDetectorError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place among `world` training processes; Shard() is the single-process case."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"  # where collectives put their tensors: NCCL takes only CUDA tensors
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes checkpoints, logs, metrics and the export: exactly one set of artifacts."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def rows(self, n: int) -> slice:
+        """This rank's contiguous part of a global batch of `n` (n is a multiple of world)."""
+        per = n // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (train loss and accuracy counts)."""
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank: decisions from clocks (the time budget) must not differ between
+        processes, or one would leave the loop while the others wait for it in a collective."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def gather(self, part: torch.Tensor, n: int) -> torch.Tensor:
+        """Concatenate each rank's `chunk(n)` rows back into all `n` rows, in order, on every rank."""
+        if not self.distributed:
+            return part
+        per = -(-n // self.world)
+        padded = torch.zeros((per, *part.shape[1:]), dtype=part.dtype, device=self.device)
+        padded[:part.shape[0]] = part
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        return torch.cat(parts)[:n].cpu()
+
+    def chunk(self, n: int) -> slice:
+        """This rank's part of `n` evaluation rows (the last rank may get fewer)."""
+        per = -(-n // self.world)
+        return slice(min(n, self.rank * per), min(n, (self.rank + 1) * per))
+
+
+class ShardDropout(nn.Module):
+    """Dropout whose mask is drawn for the whole global batch from its own generator and then sliced, so a
+    sample is dropped the same way whichever process trains it. Identity in eval mode (nothing to export)."""
+
+    def __init__(self, p: float, generator: torch.Generator, shard: Shard) -> None:
+        super().__init__()
+        self.p, self.gen, self.shard = p, generator, shard
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.shape[0] * self.shard.world
+        keep = torch.rand((n, *x.shape[1:]), generator=self.gen, device=self.gen.device) >= self.p
+        return x * keep[self.shard.rows(n)].to(x.dtype) / (1 - self.p)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BatchNorm over the global batch
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with a gradient: each rank's input reaches every rank's output, so the backward sums
+    the output gradients over ranks. (torch.distributed.nn's equivalent is deprecated without a replacement
+    that has a gradient.)"""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad.contiguous())
+
+
+def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Training-mode BatchNorm with statistics over every rank's rows: one differentiable all-reduce of the
+    per-channel sums of (x - s) and (x - s)^2, shifted by the running mean s (equal on all ranks) so that
+    E[d^2] - E[d]^2 does not cancel catastrophically. The all-reduce's backward sums the gradients of the
+    statistics over ranks, which with DDP's gradient averaging gives the global batch's exact gradient."""
+    c = x.shape[1]
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    dims = [0, *range(2, x.ndim)]
+    xf = x.float()
+    assert bn.running_mean is not None and bn.running_var is not None  # track_running_stats is on for ours
+    shift = bn.running_mean.detach().clone().float()
+    d = xf - shift.view(shape)
+    stats = _SumOverRanks.apply(torch.cat([d.sum(dims), (d * d).sum(dims)]))
+    count = x.numel() // c * dist.get_world_size()
+    mean_d = stats[:c] / count
+    var = (stats[c:] / count - mean_d * mean_d).clamp_min(0)
+    mean = mean_d + shift
+    y = (xf - mean.view(shape)) * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
+        bn.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+        bn.running_var.mul_(1 - m).add_(var.detach() * (count / max(1, count - 1)), alpha=m)
+    return y.to(x.dtype)
+
+
+_SYNCED: dict[type, type] = {}
+
+
+def _synced_class(cls: type) -> type:
+    """A subclass of a BatchNorm class whose training forward uses global statistics; eval is unchanged.
+    timm's BatchNormAct2d also applies its dropout and activation after the norm."""
+    if cls not in _SYNCED:
+        def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+            if not (self.training and self.track_running_stats and dist.is_initialized()):
+                return cls.forward(self, x)
+            y = _global_batch_norm(self, x)
+            if hasattr(self, "act"):
+                y = self.act(self.drop(y))
+            return y
+
+        _SYNCED[cls] = type(f"Global{cls.__name__}", (cls,), {"forward": forward})
+    return _SYNCED[cls]
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm normalise over the global batch. On CUDA: torch's SyncBatchNorm kernels (through
+    timm's converter, which knows timm's BatchNorm+activation layers). On the CPU, where SyncBatchNorm refuses
+    to run: the same arithmetic in plain ops. Parameters, buffers and state-dict keys stay as they were."""
+    if device.type == "cuda":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.__class__ = _synced_class(type(m))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launching one process per device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, backend: str, log_level: int, target: Callable[..., Any],
+            args: tuple[Any, ...], results: Any) -> None:
+    """One training process: join the group, run `target(*args, shard)`, report the result or the error."""
+    logging.basicConfig(level=log_level if rank == 0 else max(log_level, logging.WARNING),
+                        format=f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s", stream=sys.stderr)
+    from photo_detector.io import usable_cores
+
+    torch.set_num_threads(max(1, usable_cores() // world))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    try:
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=timedelta(minutes=30))
+        result = target(*args, Shard(rank, world, f"cuda:{rank}" if backend == "nccl" else "cpu"))
+        # Plain pickle, by value: the queue's own pickler would pass tensors as shared-memory handles that
+        # die with this process.
+        results.put((rank, "ok", pickle.dumps(result if rank == 0 else None)))
+    except BaseException as exc:
+        try:
+            payload = pickle.dumps(exc)
+            pickle.loads(payload)
+        except Exception:  # an exception that cannot cross the process boundary: keep its text
+            payload = pickle.dumps(PhotoDetectorError(f"training process {rank} failed: {type(exc).__name__}: "
+                                                      f"{exc}"))
+        if not isinstance(exc, PhotoDetectorError):
+            traceback.print_exc()
+        results.put((rank, "error", payload))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(target: Callable[..., Any], args: tuple[Any, ...], world: int, backend: str) -> Any:
+    """Run `target(*args, shard)` in `world` spawned processes and return rank 0's result. The first failure
+    stops every process (a survivor would wait in a collective forever) and is re-raised here as it was
+    raised there. Spawned, not forked: CUDA cannot be used in a forked child once the parent touched it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    level = logging.getLogger().getEffectiveLevel()
+    log.info("starting %d training processes (%s backend)", world, backend)
+    procs = [ctx.Process(target=_worker, args=(r, world, port, backend, level, target, args, results),
+                         name=f"photo-detector-train-{r}") for r in range(world)]
+    for p in procs:
+        p.start()
+    outcome: Any = None
+    done: set[int] = set()
+    try:
+        while len(done) < world:
+            try:
+                rank, status, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [r for r, p in enumerate(procs) if r not in done and p.exitcode is not None]
+                if dead:  # killed from outside (OOM killer, a signal) before it could report
+                    raise PhotoDetectorError(
+                        f"training process {dead[0]} exited with code {procs[dead[0]].exitcode} without a "
+                        "result", "see its log above; on GPUs, check memory (lower data.batch_size)") from None
+                continue
+            done.add(rank)
+            if status == "error":
+                raise pickle.loads(payload)
+            if rank == 0:
+                outcome = pickle.loads(payload)
+    finally:
+        for p in procs:  # after a failure the others may wait in a collective: stop them
+            p.join(timeout=10 if len(done) == world else 0)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    return outcome
+
+
+def check_world(world: int, device: torch.device, batch_size: int) -> None:
+    """Fail before spawning anything when the request cannot work."""
+    if device.type == "cuda" and torch.cuda.device_count() < world:
+        raise PhotoDetectorError(
+            f"config key 'train.gpus' is {world} but {torch.cuda.device_count()} GPU(s) are visible",
+            "attach that many GPUs (the pipeline parameter gpus sets the train task's count) or lower train.gpus")
+    if batch_size % world:
+        raise PhotoDetectorError(
+            f"config key 'data.batch_size' ({batch_size}) is not a multiple of train.gpus ({world})",
+            "data.batch_size is the global batch, split evenly over the GPUs: pick a multiple of train.gpus")
+    if device.type == "cpu":
+        log.info("train.gpus=%d on the CPU: %d gloo processes (exercises the multi-GPU path; not faster than "
+                 "one process)", world, world)
