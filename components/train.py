@@ -18,6 +18,7 @@ def train(
     batch_size: int,
     epochs: int,
     max_minutes: float,
+    gpus: int,
     learning_rate: float,
     weight_decay: float,
     freeze_backbone: bool,
@@ -25,10 +26,12 @@ def train(
     config_overrides: dict,
 ):
     """`data_digest` is an input so the cache key changes whenever the data's content does. `max_minutes`
-    bounds training (stops between epochs, keeps the best); the task itself is retried by Vertex."""
+    bounds training (stops between epochs, keeps the best); the task itself is retried by Vertex. `gpus`:
+    one training process per GPU."""
     from photo_detector import stages
 
     stages.train(verified, model, epoch_metrics, metrics, report, data_digest=data_digest,
                  config_overrides=config_overrides, seed=seed, image_size=image_size, batch_size=batch_size,
-                 epochs=epochs, max_minutes=max_minutes, learning_rate=learning_rate, weight_decay=weight_decay,
-                 freeze_backbone=freeze_backbone, classification_threshold=classification_threshold)
+                 epochs=epochs, max_minutes=max_minutes, gpus=gpus, learning_rate=learning_rate,
+                 weight_decay=weight_decay, freeze_backbone=freeze_backbone,
+                 classification_threshold=classification_threshold)

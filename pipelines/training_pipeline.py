@@ -34,6 +34,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
     fingerprint_op, verify_op, train_op, evaluate_op, gate_op, deploy_op = (
         rebuild(c, cfg, project) for c in (fingerprint, verify_data, train, evaluate, quality_gate, deploy))
     p, d = cfg.pipeline, cfg.deploy
+    cpu, memory = p.train_machine(cfg.train.gpus)
 
     @dsl.pipeline(name=p.name, description=DESCRIPTION)
     def training_pipeline(
@@ -43,6 +44,9 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
         batch_size: int = cfg.data.batch_size,
         epochs: int = cfg.train.epochs,
         max_minutes: float = cfg.train.max_minutes,
+        gpus: int = cfg.train.gpus,
+        train_cpu: str = cpu,
+        train_memory: str = memory,
         learning_rate: float = cfg.train.learning_rate,
         weight_decay: float = cfg.train.weight_decay,
         freeze_backbone: bool = cfg.model.freeze_backbone,
@@ -72,14 +76,17 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
 
         trained = train_op(
             verified=verified.outputs["verified"], data_digest=verified.outputs["digest"], seed=seed,
-            image_size=image_size, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes,
+            image_size=image_size, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes, gpus=gpus,
             learning_rate=learning_rate,
             weight_decay=weight_decay, freeze_backbone=freeze_backbone,
             classification_threshold=classification_threshold, config_overrides=config_overrides)
         # Retried like the other stages: an attempt resumes from the last epoch an earlier one saved.
         trained.set_display_name("train").set_retry(p.retries)
-        trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(p.train_accelerator_count)
-        trained.set_cpu_limit(p.train_cpu).set_memory_limit(p.train_memory)
+        # One DDP process per GPU. KFP cannot compute a resource from a parameter, so the machine's CPUs and
+        # memory are parameters too: `submit/schedule --param gpus=N` scales them (pipeline.train_machine);
+        # in the console, set all three (the README's table).
+        trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(gpus)
+        trained.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
 
         # The verified dataset, not the import: quarantined or broken files are never scored.
         evaluated = evaluate_op(model=trained.outputs["model"], dataset=verified.outputs["verified"],

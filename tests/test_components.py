@@ -18,7 +18,7 @@ from photo_detector.components.quality_gate import quality_gate
 from photo_detector.components.train import train
 from photo_detector.components.verify_data import verify_data
 
-TINY_PARAMS = dict(seed=42, image_size=32, batch_size=16, epochs=2, max_minutes=180.0, learning_rate=0.003,
+TINY_PARAMS = dict(seed=42, image_size=32, batch_size=16, epochs=2, max_minutes=180.0, gpus=1, learning_rate=0.003,
                    weight_decay=0.0001,
                    freeze_backbone=False, classification_threshold=0.5)
 TINY_OVERRIDES = {k: v for k, v in TINY.items()

@@ -100,10 +100,17 @@ def test_each_stage_has_its_own_image(spec: dict) -> None:
             assert "pip install" not in " ".join(e["container"]["command"]), "images carry the dependencies"
 
 
-def test_train_asks_for_one_t4_with_the_n1_standard_4_shape(spec: dict) -> None:
+def test_train_asks_for_t4s_and_a_machine_the_gpus_parameters_size(spec: dict) -> None:
+    """One T4 on n1-standard-4 by default; the count and the machine are run parameters, not compiled in."""
     res = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
-    assert res["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4" and res["accelerator"]["resourceCount"] == "1"
-    assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == ("4", "15G")
+    assert res["accelerator"]["resourceType"] == "NVIDIA_TESLA_T4"
+    channel = "{{$.inputs.parameters['pipelinechannel--%s']}}"
+    assert (res["accelerator"]["resourceCount"], res["resourceCpuLimit"], res["resourceMemoryLimit"]) == (
+        channel % "gpus", channel % "train_cpu", channel % "train_memory")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert [params[n]["defaultValue"] for n in ("gpus", "train_cpu", "train_memory")] == [1, "4", "15G"]
+    assert spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]["gpus"] == {
+        "componentInputParameter": "gpus"}  # the same value starts one training process per GPU
     others = [e["container"] for n, e in spec["deploymentSpec"]["executors"].items()
               if n != "exec-train" and "container" in e]
     assert len(others) == 5 and all("resources" not in c for c in others)

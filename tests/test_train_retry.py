@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -67,12 +68,14 @@ def test_a_killed_train_task_resumes_on_retry_to_the_uninterrupted_result(tmp_pa
 
     cmd, payload = stage(spec, tasks, "train", params, produced, tmp_path / "retried")
     model = Path(payload["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"])
-    first = subprocess.Popen(cmd, env=environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its own session, so that the kill reaches the whole task (the shell and its python), as a preempted VM's.
+    first = subprocess.Popen(cmd, env=environ(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
     deadline = time.monotonic() + 300
     while not (model / "last.pt").is_file():  # epoch 1 is saved: kill the attempt, as a preempted VM would
         assert first.poll() is None and time.monotonic() < deadline, "the first attempt ended before epoch 1"
         time.sleep(0.05)
-    first.kill()
+    os.killpg(first.pid, signal.SIGKILL)
     first.wait(30)
     assert not (model / "model.onnx").exists()
     retry = subprocess.run(cmd, env=environ(), capture_output=True, text=True, timeout=600)  # same executor input
@@ -86,3 +89,73 @@ def test_a_killed_train_task_resumes_on_retry_to_the_uninterrupted_result(tmp_pa
         torch.testing.assert_close(b["model_state_dict"][key], value, rtol=0, atol=0)
     assert {k: v for k, v in a["metrics"].items() if k not in TIMING_KEYS} == \
         {k: v for k, v in b["metrics"].items() if k not in TIMING_KEYS}
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is `pid` (from /proc, Linux)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.slow
+def test_training_processes_die_with_their_task_and_the_retry_resumes(tmp_path: Path, sample_dir: Path) -> None:
+    """The compiled command with gpus=2 (gloo on the CPU). When the process that launched the training
+    processes is killed alone (the OOM killer picks one process), they die with it instead of going on
+    writing checkpoints into the folder the retry resumes from; the retry then finishes the run."""
+    spec, tasks = load_spec(), flat_tasks(load_spec())
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    params = {**defaults, **PARAMETERS, "epochs": 4, "gpus": 2, "data_uri": str(sample_dir),
+              "config_overrides": {**PARAMETERS["config_overrides"], "train.early_stopping_patience": 0,
+                                   "train.device": "cpu"}}
+    produced: dict[str, Any] = {"artifacts": {"importer-artifact": {
+        "name": "dataset", "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"},
+        "uri": str(sample_dir), "metadata": {}}}, "parameters": {}}
+    for task in ("fingerprint", "verify-data"):
+        cmd, payload = stage(spec, tasks, task, params, produced, tmp_path / task)
+        done = subprocess.run(cmd, env=environ(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        record(task, payload, produced)
+
+    cmd, payload = stage(spec, tasks, "train", params, produced, tmp_path / "train")
+    model = Path(payload["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"])
+    first = subprocess.Popen(cmd, env=environ(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (model / "last.pt").is_file():
+        assert first.poll() is None and time.monotonic() < deadline, "the task ended before epoch 1"
+        time.sleep(0.05)
+    (launcher,) = _children(first.pid)  # the shell's python: the executor that launched the two processes
+    workers = _children(launcher)
+    assert len(workers) >= 2, "two training processes (and multiprocessing's resource tracker)"
+    os.kill(launcher, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, "training processes outlived the process that launched them"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    # Nothing went on training: epoch 1 is the last checkpoint, and there is no export.
+    assert torch.load(model / "last.pt", weights_only=False)["epoch"] == 1
+    assert not (model / "model.onnx").exists()
+
+    retry = subprocess.run(cmd, env=environ(), capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert "resuming from" in retry.stdout + retry.stderr
+    ckpt = torch.load(model / "last.pt", weights_only=False)
+    assert [r["epoch"] for r in ckpt["history"]] == [1, 2, 3, 4] and ckpt["config"]["train"]["gpus"] == 2
+    assert (model / "model.onnx").is_file()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

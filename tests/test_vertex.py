@@ -84,6 +84,16 @@ def test_parameters_are_typed_and_checked_against_the_spec() -> None:
         parse_parameters(spec, ["epoch=3"])
 
 
+def test_gpus_alone_sizes_the_train_machine_and_counts_are_checked() -> None:
+    spec = load_spec(COMPILED)
+    assert parse_parameters(spec, ["gpus=2"]) == {"gpus": 2, "train_cpu": "8", "train_memory": "30G"}
+    assert parse_parameters(spec, ["gpus=4", "train_cpu=32"]) == {"gpus": 4, "train_cpu": "32",
+                                                                   "train_memory": "60G"}
+    with pytest.raises(PhotoDetectorError, match=r"'gpus' is 3, but a machine takes 1, 2, 4 NVIDIA_TESLA_T4.*"
+                                                 r"--param gpus=2"):
+        parse_parameters(spec, ["gpus=3"])
+
+
 def test_job_ids_are_unique_within_a_second() -> None:
     ids = {unique_job_id("photo-detector-training") for _ in range(50)}
     assert len(ids) == 50 and all(i.startswith("photo-detector-training-") for i in ids)

@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args, {"train.epochs": args.epochs, "data.batch_size": args.batch_size,
                          "train.learning_rate": args.learning_rate, "model.weights": args.weights,
-                         "train.device": args.device})
+                         "train.device": args.device, "train.gpus": args.gpus})
     res = run_train(args.data, args.out, cfg, resume=args.resume, force=args.force)
     m = res.best_metrics
     why = {"early_stopping": " (stopped early)", "budget": f" (time budget of {cfg.train.max_minutes:g} min)"}
@@ -622,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, help="train.learning_rate")
     p.add_argument("--weights", help="model.weights: pretrained weights file, gs:// URI or hf-hub:ORG/NAME")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="train.device")
+    p.add_argument("--gpus", type=int, help="train.gpus: one training process per GPU (DDP); --batch-size stays "
+                                            "the global batch")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--force", action="store_true", help="overwrite results already in --out")
     p.set_defaults(func=cmd_train)

@@ -143,10 +143,15 @@ class PipelineConfig:
     name: str = _f("photo-detector-training")
     data_uri: str = _f("")  # "" = gs://{project}-photo-detector-data/cifake
     train_accelerator: str = _f("NVIDIA_TESLA_T4")
-    train_accelerator_count: int = _f(1, lo=0, hi=16)
-    train_cpu: str = _f("4")
-    train_memory: str = _f("15G")
+    # The train machine per GPU (train.gpus of them): 4 CPUs and 15 GB is n1-standard-4, T4's usual host;
+    # 2 GPUs get n1-standard-8, 4 get n1-standard-16.
+    train_cpu_per_gpu: int = _f(4, lo=1, hi=96)
+    train_memory_gb_per_gpu: int = _f(15, lo=1, hi=1024)
     retries: int = _f(2, lo=0, hi=10)
+
+    def train_machine(self, gpus: int) -> tuple[str, str]:
+        """The train task's CPU and memory limits for `gpus` GPUs: Vertex picks the machine type from them."""
+        return str(self.train_cpu_per_gpu * gpus), f"{self.train_memory_gb_per_gpu * gpus}G"
 
 
 @dataclass

@@ -41,6 +41,7 @@ PIPELINE_PARAMETERS: dict[str, str] = {
     "batch_size": "data.batch_size",
     "epochs": "train.epochs",
     "max_minutes": "train.max_minutes",
+    "gpus": "train.gpus",
     "learning_rate": "train.learning_rate",
     "weight_decay": "train.weight_decay",
     "freeze_backbone": "model.freeze_backbone",

@@ -76,7 +76,34 @@ def parse_parameters(spec: dict[str, Any], items: list[str]) -> dict[str, Any]:
             raise PhotoDetectorError(f"the pipeline has no parameter '{name}'",
                                      f"valid parameters: {', '.join(sorted(params))}")
         out[name] = _typed(name, raw, params[name].get("parameterType", "STRING"))
+    if "gpus" in out:
+        _scale_train_machine(spec, params, out)
     return out
+
+
+# GPUs per machine that Compute Engine offers, by accelerator (the others' counts are left to Vertex to check).
+GPU_COUNTS = {"NVIDIA_TESLA_T4": (1, 2, 4), "NVIDIA_TESLA_V100": (1, 2, 4, 8), "NVIDIA_L4": (1, 2, 4, 8)}
+
+
+def _scale_train_machine(spec: dict[str, Any], params: dict[str, Any], out: dict[str, Any]) -> None:
+    """`gpus=N` alone also sizes the train machine: N times the spec's CPUs and memory per GPU, unless
+    train_cpu/train_memory are given as well. (KFP cannot derive one parameter from another on Vertex.)"""
+    gpus = out["gpus"]
+    executor = spec.get("deploymentSpec", {}).get("executors", {}).get("exec-train", {})
+    accelerator = executor.get("container", {}).get("resources", {}).get("accelerator", {}).get("resourceType")
+    allowed = GPU_COUNTS.get(str(accelerator), tuple(range(1, 17)))
+    if gpus not in allowed:
+        below = [g for g in allowed if g < gpus] or [allowed[0]]
+        raise PhotoDetectorError(f"parameter 'gpus' is {gpus}, but a machine takes {', '.join(map(str, allowed))} "
+                                 f"{accelerator or 'GPU'}(s)", f"use --param gpus={below[-1]}")
+    if not {"train_cpu", "train_memory"} <= params.keys():
+        return
+    base = int(params["gpus"].get("defaultValue", 1)) or 1
+    cpu = float(params["train_cpu"].get("defaultValue", "4")) / base
+    memory = re.fullmatch(r"([0-9.]+)\s*([A-Za-z]*)", str(params["train_memory"].get("defaultValue", "15G")))
+    out.setdefault("train_cpu", f"{cpu * gpus:g}")
+    if memory:
+        out.setdefault("train_memory", f"{float(memory[1]) / base * gpus:g}{memory[2]}")
 
 
 def unique_job_id(pipeline_name: str) -> str:
