@@ -61,6 +61,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
         service_name: str = d.service_name,
         region: str = d.region,
         project: str = d.project,
+        experiment: str = cfg.gcp.experiment,
         config_overrides: dict = {},  # noqa: B006 - kfp parameter default, never mutated
     ) -> None:
         data = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
@@ -79,7 +80,8 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
             image_size=image_size, batch_size=batch_size, epochs=epochs, max_minutes=max_minutes, gpus=gpus,
             learning_rate=learning_rate,
             weight_decay=weight_decay, freeze_backbone=freeze_backbone,
-            classification_threshold=classification_threshold, config_overrides=config_overrides)
+            classification_threshold=classification_threshold, experiment=experiment, pipeline_job=job,
+            config_overrides=config_overrides)
         # Retried like the other stages: an attempt resumes from the last epoch an earlier one saved.
         trained.set_display_name("train").set_retry(p.retries)
         # One DDP process per GPU. KFP cannot compute a resource from a parameter, so the machine's CPUs and

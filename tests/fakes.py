@@ -122,6 +122,8 @@ class FakeVertex(FakeAPI):
             return self._schedules(req)
         if "/models" in req.path:
             return self._models(req)
+        if "/tensorboards" in req.path:
+            return self._tensorboards(req)
         if "/metadataStores" in req.path:
             return self._metadata(req)
         if "/batchPredictionJobs" in req.path:
@@ -267,6 +269,66 @@ def _batch_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
 FakeVertex._batch = _batch_route  # type: ignore[attr-defined]
 
 
+def _tensorboards_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
+    """Vertex AI TensorBoard: instances (create is a long-running operation, list filters by display name),
+    experiments and runs (get, create with a client-chosen id), scalar time series (list, create) and
+    `runs/*:write`, which appends points to `state["points"][tag] = [(step, value), ...]`."""
+    tbs = self.state.setdefault("tensorboards", {})
+    nodes = self.state.setdefault("tensorboard_nodes", {})  # experiments, runs and time series by name
+    points = self.state.setdefault("points", {})
+    missing = 404, {"error": {"code": 404, "message": f"{req.path.removeprefix('/v1/')} not found",
+                              "status": "NOT_FOUND"}}
+    path = req.path.removeprefix("/v1/")
+    m = re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/tensorboards", path)
+    if m and req.method == "POST":
+        name = f"{m.group(1)}/tensorboards/{7000 + len(tbs)}"
+        tbs[name] = {**req.body, "name": name, "createTime": "2026-11-25T10:00:00Z"}
+        return 200, {"name": f"{name}/operations/create", "done": True, "response": {
+            "@type": "type.googleapis.com/google.cloud.aiplatform.v1.Tensorboard", **tbs[name]}}
+    if m and req.method == "GET":
+        wanted = re.search(r'display_name="([^"]+)"', (req.query.get("filter") or [""])[0])
+        return 200, {"tensorboards": [t for n, t in tbs.items() if n.startswith(m.group(1))
+                                      and (not wanted or t.get("displayName") == wanted.group(1))]}
+    m = re.fullmatch(r"(projects/[^/]+/locations/[^/]+/tensorboards/[^/]+)(?:/.*)?", path)
+    if not m or m.group(1) not in tbs:
+        return missing
+    kinds = {"experiments": "tensorboardExperimentId", "runs": "tensorboardRunId"}
+    m = re.fullmatch(r"(.+)/(experiments|runs|timeSeries)", path)
+    if m and req.method == "POST":
+        if m.group(1) != m.group(1).split("/experiments")[0] and m.group(1) not in nodes:
+            return missing  # the parent experiment or run does not exist
+        if m.group(2) == "timeSeries":
+            node_id = str(100 + sum(1 for n in nodes if n.startswith(f"{m.group(1)}/timeSeries/")))
+        else:
+            node_id = req.query[kinds[m.group(2)]][0]
+        name = f"{path}/{node_id}"
+        if name in nodes:
+            return 409, {"error": {"code": 409, "message": f"{name} exists", "status": "ALREADY_EXISTS"}}
+        nodes[name] = {**req.body, "name": name}
+        return 200, nodes[name]
+    if m and req.method == "GET":
+        prefix = f"{path}/"
+        items = [n for k, n in nodes.items() if k.startswith(prefix) and "/" not in k[len(prefix):]]
+        return 200, {{"experiments": "tensorboardExperiments", "runs": "tensorboardRuns",
+                      "timeSeries": "tensorboardTimeSeries"}[m.group(2)]: items}
+    m = re.fullmatch(r"(.+/runs/[^/:]+):write", path)
+    if m and req.method == "POST":
+        if m.group(1) not in nodes:
+            return missing
+        for series in req.body.get("timeSeriesData", []):
+            tag = nodes.get(f"{m.group(1)}/timeSeries/{series['tensorboardTimeSeriesId']}", {}).get("displayName")
+            if tag is None:
+                return 400, {"error": {"code": 400, "message": "unknown time series", "status": "INVALID_ARGUMENT"}}
+            points.setdefault(tag, []).extend((int(v["step"]), v["scalar"]["value"]) for v in series["values"])
+        return 200, {}
+    if req.method == "GET" and (path in nodes or path in tbs):
+        return 200, nodes.get(path) or tbs[path]
+    return missing
+
+
+FakeVertex._tensorboards = _tensorboards_route  # type: ignore[attr-defined]
+
+
 def _metadata_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
     """Vertex ML Metadata, as far as Experiments need it: the default store, contexts, context children."""
     contexts = self.state.setdefault("contexts", {})
@@ -280,11 +342,22 @@ def _metadata_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
             return 409, {"error": {"code": 409, "message": f"{name} exists", "status": "ALREADY_EXISTS"}}
         contexts[name] = {**req.body, "name": name, "createTime": "2026-11-25T10:00:00Z"}
         return 200, contexts[name]
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/metadataStores/default)/artifacts", req.path)
+    if m and req.method == "POST":
+        artifacts = self.state.setdefault("artifacts", {})
+        name = f"{m.group(1)}/artifacts/{req.query['artifactId'][0]}"
+        if name in artifacts:
+            return 409, {"error": {"code": 409, "message": f"{name} exists", "status": "ALREADY_EXISTS"}}
+        artifacts[name] = {**req.body, "name": name}
+        return 200, artifacts[name]
     m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/metadataStores/default/contexts/[^/:]+)"
-                     r"(:addContextChildren)?", req.path)
+                     r"(:addContextChildren|:addContextArtifactsAndExecutions)?", req.path)
     if m and m.group(1) in contexts:
-        if m.group(2):
+        if m.group(2) == ":addContextChildren":
             contexts[m.group(1)].setdefault("_children", []).extend(req.body.get("childContexts", []))
+            return 200, {}
+        if m.group(2):
+            contexts[m.group(1)].setdefault("_artifacts", []).extend(req.body.get("artifacts", []))
             return 200, {}
         return 200, {k: v for k, v in contexts[m.group(1)].items() if not k.startswith("_")}
     return 404, {"error": {"code": 404, "message": f"{req.path} not found", "status": "NOT_FOUND"}}
@@ -457,6 +530,8 @@ class FakeGoogle(FakeAPI):
 
     def route(self, req: Request) -> tuple[int, Any]:
         p, st = req.path, self.state
+        if "/tensorboards" in p:  # Vertex AI TensorBoard: setup creates the instance, doctor checks it
+            return _tensorboards_route(self, req)  # type: ignore[arg-type]
         m = re.fullmatch(r"/v1/projects/([^/]+)/services", p)
         if m and req.method == "GET":
             return 200, {"services": [{"name": f"projects/123/services/{s}", "config": {"name": s},

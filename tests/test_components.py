@@ -20,7 +20,7 @@ from photo_detector.components.verify_data import verify_data
 
 TINY_PARAMS = dict(seed=42, image_size=32, batch_size=16, epochs=2, max_minutes=180.0, gpus=1, learning_rate=0.003,
                    weight_decay=0.0001,
-                   freeze_backbone=False, classification_threshold=0.5)
+                   freeze_backbone=False, classification_threshold=0.5, experiment="", pipeline_job="")
 TINY_OVERRIDES = {k: v for k, v in TINY.items()
                   if k not in {"data.image_size", "data.batch_size", "train.epochs", "train.learning_rate"}}
 

@@ -22,7 +22,7 @@ from photo_detector.config import load_config
 from photo_detector.pipelines.compile import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-ENDPOINTS = ("SERVICE_USAGE", "ARTIFACT_REGISTRY", "SECRET_MANAGER", "IAM", "RESOURCE_MANAGER", "QUOTAS")
+ENDPOINTS = ("SERVICE_USAGE", "ARTIFACT_REGISTRY", "SECRET_MANAGER", "IAM", "RESOURCE_MANAGER", "QUOTAS", "VERTEX")
 MUTATING = ("POST", "PATCH", "PUT", "DELETE")
 
 
@@ -78,7 +78,8 @@ def test_setup_dry_run_prints_the_plan_and_changes_nothing(project: Project) -> 
                  "would create kfp repository photo-detector-pipelines (KFP)",
                  "would create secret photo-detector-api-keys",
                  "would create service account photo-detector-pipelines@proj.iam.gserviceaccount.com",
-                 "10 change(s) to make"):
+                 "would create Vertex AI TensorBoard photo-detector in us-central1",
+                 "11 change(s) to make"):
         assert line in out.stdout, line
     assert project.api.calls and not [r for r in project.api.requests if r.method in MUTATING
                                       and not r.path.endswith(":getIamPolicy")]
@@ -94,6 +95,7 @@ def test_setup_creates_everything_once_and_a_second_run_changes_nothing(project:
     from google.cloud.artifactregistry_v1 import Repository
 
     formats = {r: Repository.Format(int(v["format"])).name for r, v in st["repos"].items()}  # enums travel as ints
+    assert [t["displayName"] for t in st["tensorboards"].values()] == ["photo-detector"]
     assert formats == {"photo-detector-images": "DOCKER", "photo-detector-pipelines": "KFP"}
     hashes = st["secrets"]["photo-detector-api-keys"]["versions"][0].decode().split(",")
     smoke = st["secrets"]["photo-detector-smoke-key"]["versions"][0].decode()
@@ -121,7 +123,7 @@ def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(pr
     out = project.cli("doctor", "--template", str(spec))
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert [line.split()[0] for line in lines] == ["PASS"] * 11, out.stdout
+    assert [line.split()[0] for line in lines] == ["PASS"] * 12, out.stdout
     st, gcs = project.api.state, project.storage()
 
     def fails(*expected: str) -> None:
@@ -149,6 +151,10 @@ def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(pr
     st["t4"] = 0
     fails("t4 quota")
     st["t4"] = 1
+    saved_tb = dict(st["tensorboards"])
+    st["tensorboards"].clear()
+    fails("tensorboard")
+    st["tensorboards"].update(saved_tb)
     gcs.bucket("proj-photo-detector-data").blob("cifake/val/real/0.jpg").delete()
     fails("data")
     gcs.bucket("proj-photo-detector-data").blob("cifake/val/real/0.jpg").upload_from_string(b"x")
@@ -183,7 +189,7 @@ def test_doctor_without_network_or_credentials_fails_fast_one_line_each(tmp_path
     assert time.perf_counter() - start < 30, "seconds, not minutes of client retries"
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
     checks = [line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert len(checks) == 10 and all(line.startswith("FAIL") for line in checks[1:]), out.stdout
+    assert len(checks) == 11 and all(line.startswith("FAIL") for line in checks[1:]), out.stdout
     no_project = subprocess.run([sys.executable, "-m", "photo_detector", "doctor"], capture_output=True, text=True,
                                 env={k: v for k, v in env.items() if k != "PHOTO_DETECTOR_PROJECT"}, timeout=120)
     assert no_project.returncode == 1 and no_project.stdout.startswith("FAIL  credentials      no project")

@@ -216,6 +216,9 @@ def test_runs_can_be_attached_to_an_experiment(gcs: str, vertex) -> None:
     assert experiment["schemaTitle"] == "system.Experiment"
     assert experiment["_children"] == [
         "projects/proj/locations/europe-west4/metadataStores/default/contexts/exp-run-1"]
+    # The train task learns the experiment from a parameter: it logs each epoch as the run's time series.
+    (job,) = api.state["jobs"].values()
+    assert job["runtimeConfig"]["parameterValues"]["experiment"] == "detector-tuning"
 
 
 def test_server_errors_are_retried_and_a_persistent_one_reads_clearly(gcs: str, vertex) -> None:

@@ -172,6 +172,7 @@ class GcpConfig:
     docker_repository: str = _f("photo-detector-images")
     kfp_repository: str = _f("photo-detector-pipelines")
     experiment: str = _f("")
+    tensorboard: str = _f("photo-detector")  # display name of the Vertex AI TensorBoard instance setup creates
     model_name: str = _f("photo-detector")
 
 

@@ -42,6 +42,7 @@ PIPELINE_PARAMETERS: dict[str, str] = {
     "epochs": "train.epochs",
     "max_minutes": "train.max_minutes",
     "gpus": "train.gpus",
+    "experiment": "gcp.experiment",
     "learning_rate": "train.learning_rate",
     "weight_decay": "train.weight_decay",
     "freeze_backbone": "model.freeze_backbone",
@@ -153,9 +154,24 @@ def verify_data(dataset: Any, verified: Any, report: Any, metrics: Any, *, image
                            "quarantined": len(result.quarantined)}
 
 
+def _experiment_time_series(cfg: Config, pipeline_job: str) -> Callable[[dict[str, float]], None] | None:
+    """Per-epoch time series for a run on Vertex attached to an experiment (gcp.experiment, which submit
+    --experiment sets); None elsewhere (kfp local, no experiment)."""
+    from photo_detector.cloud.deploy import run_scope
+    from photo_detector.cloud.settings import ENDPOINTS
+    from photo_detector.cloud.timeseries import TimeSeriesLog
+
+    scope = run_scope(pipeline_job)
+    if not (cfg.gcp.experiment and pipeline_job and scope.project and scope.region):
+        return None
+    return TimeSeriesLog(project=scope.project, region=scope.region, experiment=cfg.gcp.experiment,
+                         run=pipeline_job.rsplit("/", 1)[1], tensorboard=cfg.gcp.tensorboard,
+                         endpoint=os.environ.get(ENDPOINTS["vertex"], ""))
+
+
 @_stage("train")
 def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: Any, *, data_digest: str,
-          config_overrides: dict[str, Any], **params: Any) -> tuple[None, dict[str, Any]]:
+          config_overrides: dict[str, Any], pipeline_job: str = "", **params: Any) -> tuple[None, dict[str, Any]]:
     from photo_detector.artifacts import HISTORY, LAST, read_record
     from photo_detector.cloud.run_service import model_version
     from photo_detector.data.packed import read_manifest
@@ -172,7 +188,8 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
     resume = (Path(model.path) / LAST).is_file()
     if resume:
         log.info("resuming from %s: an earlier attempt of this task saved it", Path(model.path) / LAST)
-    result = run_train(verified.path, model.path, cfg, resume=resume)
+    result = run_train(verified.path, model.path, cfg, resume=resume,
+                       on_epoch_end=_experiment_time_series(cfg, pipeline_job))
     record = read_record(model.path)
     model.metadata.update({"framework": record.framework, "model_file": record.model_file,
                            "image_size": record.image_size, "data_digest": record.data_digest,

@@ -125,6 +125,12 @@ class Clients:
         if name == "storage":
             from google.cloud import storage
             return storage.Client(project=s.project, credentials=s.credentials("storage"))
+        if name == "tensorboard":
+            from google.cloud import aiplatform_v1
+
+            from photo_detector.cloud.timeseries import vertex_client
+            return vertex_client(aiplatform_v1.TensorboardServiceClient, s.require("region"),
+                                 s.endpoints.get("vertex", ""))
         raise KeyError(name)
 
 
@@ -209,6 +215,11 @@ class SetupResult:
         return sum(1 for s in self.steps if not s.done)
 
 
+def _has_tensorboard(client: Any, parent: str, display_name: str) -> bool:
+    return any(_call(client.list_tensorboards, request={"parent": parent,
+                                                         "filter": f'display_name="{display_name}"'}))
+
+
 def _exists(call: Callable[[], Any]) -> bool:
     from google.api_core import exceptions as gexc
 
@@ -278,6 +289,15 @@ def plan_setup(cfg: Config, settings: Settings, clients: Clients | None = None) 
     if smoke_exists != keys_exist:
         log.warning("only one of the two secrets exists: the smoke key's hash may be missing from %s",
                      cfg.deploy.api_keys_secret)
+
+    tb = clients.get("tensorboard")
+    tb_parent = f"projects/{project}/locations/{region}"
+    steps.append(Step(f"create Vertex AI TensorBoard {cfg.gcp.tensorboard} in {region} (the per-epoch time series "
+                      "of runs attached to an experiment)",
+                      _has_tensorboard(tb, tb_parent, cfg.gcp.tensorboard),
+                      _done(lambda: _call(tb.create_tensorboard, request={"parent": tb_parent, "tensorboard": {
+                          "display_name": cfg.gcp.tensorboard,
+                          "description": "photo-detector: per-epoch training time series"}}))))
 
     iam = clients.get("iam")
     for acc in ACCOUNTS.values():
@@ -511,6 +531,15 @@ def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None =
             return Check("t4 quota", value >= 1, f"{value} T4 GPU(s) for custom training in {region}",
                          f"request quota {T4_QUOTA} >= 1 for {region} (console: IAM & Admin > Quotas)")
         yield _safely("t4 quota", t4_quota)
+
+    if want("tensorboard"):
+        def tensorboard() -> Check:
+            name = cfg.gcp.tensorboard
+            found = _has_tensorboard(clients.get("tensorboard"), f"projects/{project}/locations/{region}", name)
+            return Check("tensorboard", found, f"Vertex AI TensorBoard {name} exists in {region}" if found else
+                         f"no Vertex AI TensorBoard named {name} in {region}: runs attached to an experiment "
+                         "get no per-epoch time series", "photo-detector setup creates it")
+        yield _safely("tensorboard", tensorboard)
 
     if want("data") and data_uri:
         def data() -> Check:

@@ -201,6 +201,9 @@ def submit(settings: Settings, template: str | Path, *, params: list[str] | None
     with tempfile.TemporaryDirectory(prefix="photo-detector-template-") as tmp:
         path, spec, source = load_template(settings, template, Path(tmp))
         values = parse_parameters(spec, params or [])
+        experiment = experiment or settings.experiment or None
+        if experiment and "experiment" in spec_parameters(spec):  # the train task logs its time series there
+            values.setdefault("experiment", experiment)
         name = spec["pipelineInfo"]["name"]
         job_id = job_id or unique_job_id(name)
         init_vertex(settings)
@@ -211,8 +214,7 @@ def submit(settings: Settings, template: str | Path, *, params: list[str] | None
         check_pipeline_root(settings)
         with _without_sdk_bucket_check():
             with_retries(f"submitting {job_id}", lambda: job.submit(
-                service_account=settings.service_account or None,
-                experiment=experiment or settings.experiment or None), hints=VERTEX_HINTS)
+                service_account=settings.service_account or None, experiment=experiment), hints=VERTEX_HINTS)
     log.info("submitted %s from %s", job_id, source)
     url = settings.console_url(job_id)
     state = _state_name(job)
