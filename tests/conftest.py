@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,31 @@ def smoke_model(tmp_path_factory: pytest.TempPathFactory, smoke_data: Path) -> P
     torch.save({"model_state_dict": model.state_dict()}, out / "best.pt")  # for the export-from-checkpoint tests
     assert set(meta.smoke_images) == {"real", "ai_generated"}, meta.smoke_images
     return out
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI's own `main`, in this process, with `env` on top of os.environ: what a subprocess call shows
+    (exit status, stdout, stderr with the log lines) without paying ~2 s of interpreter and Google-client
+    imports per call. tests/test_cli.py keeps the real console script covered."""
+    import contextlib
+    import io
+    import logging
+    from unittest import mock
+
+    from photo_detector.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    try:
+        with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -8,19 +8,18 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from fakes import FakeVertex, fake_gcs
 
 from photo_detector.evaluate import predict_files
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "photo_detector", *args], capture_output=True, text=True,
-                          env=env or dict(os.environ), timeout=180)
+    return run_cli(*args, env=env)
 
 
 def rows(path: Path) -> dict[str, dict[str, str]]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from photo_detector.data.cifake import prepare_cifake, val_bucket
 from photo_detector.errors import DataError
@@ -28,8 +29,7 @@ def bucket() -> Iterator[str]:
 
 
 def data_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "photo_detector", "data", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=120)
+    return run_cli("data", *args)
 
 
 def test_upload_download_round_trip_skips_unchanged_and_verifies(bucket: str, sample_dir: Path,

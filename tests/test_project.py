@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from fakes import FakeDockerRegistry, FakeGoogle, fake_gcs
 
 from photo_detector.cloud.project import ACCOUNTS, APIS, roles_table
@@ -30,9 +31,8 @@ class Project:
     def __init__(self, api: FakeGoogle, registry: FakeDockerRegistry, env: dict[str, str], tmp: Path) -> None:
         self.api, self.registry, self.env, self.tmp = api, registry, env, tmp
 
-    def cli(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "photo_detector", *args], capture_output=True, text=True,
-                              env=self.env, timeout=timeout)
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, env=self.env)
 
     def storage(self):
         from google.auth.credentials import AnonymousCredentials

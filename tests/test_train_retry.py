@@ -47,20 +47,30 @@ def record(task: str, payload: dict[str, Any], produced: dict[str, Any]) -> None
         produced["parameters"][f"{task}-{name}"] = value
 
 
-@pytest.mark.slow
-def test_a_killed_train_task_resumes_on_retry_to_the_uninterrupted_result(tmp_path: Path, sample_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def verified(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """fingerprint and verify-data through the compiled commands, once: what the train tasks below consume."""
     spec, tasks = load_spec(), flat_tasks(load_spec())
-    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
-    params = {**defaults, **PARAMETERS, "epochs": 2, "data_uri": str(sample_dir),
-              "config_overrides": {**PARAMETERS["config_overrides"], "train.early_stopping_patience": 0}}
+    params = {**{k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()},
+              **PARAMETERS, "data_uri": str(sample_dir)}
     produced: dict[str, Any] = {"artifacts": {"importer-artifact": {
         "name": "dataset", "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"},
         "uri": str(sample_dir), "metadata": {}}}, "parameters": {}}
+    root = tmp_path_factory.mktemp("verified")
     for task in ("fingerprint", "verify-data"):
-        cmd, payload = stage(spec, tasks, task, params, produced, tmp_path / task)
+        cmd, payload = stage(spec, tasks, task, params, produced, root / task)
         done = subprocess.run(cmd, env=environ(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         record(task, payload, produced)
+    return {"spec": spec, "tasks": tasks, "params": params, "produced": produced}
+
+
+@pytest.mark.slow
+def test_a_killed_train_task_resumes_on_retry_to_the_uninterrupted_result(tmp_path: Path,
+                                                                           verified: dict[str, Any]) -> None:
+    spec, tasks, produced = verified["spec"], verified["tasks"], verified["produced"]
+    params = {**verified["params"], "epochs": 2,
+              "config_overrides": {**PARAMETERS["config_overrides"], "train.early_stopping_patience": 0}}
 
     cmd, _ = stage(spec, tasks, "train", params, produced, tmp_path / "uninterrupted")
     whole = subprocess.run(cmd, env=environ(), capture_output=True, text=True, timeout=600)
@@ -105,23 +115,15 @@ def _children(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_training_processes_die_with_their_task_and_the_retry_resumes(tmp_path: Path, sample_dir: Path) -> None:
+def test_training_processes_die_with_their_task_and_the_retry_resumes(tmp_path: Path,
+                                                                       verified: dict[str, Any]) -> None:
     """The compiled command with gpus=2 (gloo on the CPU). When the process that launched the training
     processes is killed alone (the OOM killer picks one process), they die with it instead of going on
     writing checkpoints into the folder the retry resumes from; the retry then finishes the run."""
-    spec, tasks = load_spec(), flat_tasks(load_spec())
-    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
-    params = {**defaults, **PARAMETERS, "epochs": 4, "gpus": 2, "data_uri": str(sample_dir),
+    spec, tasks, produced = verified["spec"], verified["tasks"], verified["produced"]
+    params = {**verified["params"], "epochs": 4, "gpus": 2,
               "config_overrides": {**PARAMETERS["config_overrides"], "train.early_stopping_patience": 0,
                                    "train.device": "cpu"}}
-    produced: dict[str, Any] = {"artifacts": {"importer-artifact": {
-        "name": "dataset", "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"},
-        "uri": str(sample_dir), "metadata": {}}}, "parameters": {}}
-    for task in ("fingerprint", "verify-data"):
-        cmd, payload = stage(spec, tasks, task, params, produced, tmp_path / task)
-        done = subprocess.run(cmd, env=environ(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        record(task, payload, produced)
 
     cmd, payload = stage(spec, tasks, "train", params, produced, tmp_path / "train")
     model = Path(payload["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from fakes import FakeKfpRegistry, FakeVertex
 
 from photo_detector.cloud.settings import resolve
@@ -52,14 +52,11 @@ def registry() -> Iterator[tuple[FakeKfpRegistry, str]]:
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The CLI; submit and schedule create skip doctor's preflight here (tests/test_project.py tests it): these
-    tests are about what reaches the Vertex API."""
-    import os
-
+    """The CLI (in process); submit and schedule create skip doctor's preflight here (tests/test_project.py
+    tests it): these tests are about what reaches the Vertex API."""
     if args[:1] == ("submit",) or args[:2] == ("schedule", "create"):
         args = (*args, "--skip-checks")
-    return subprocess.run([sys.executable, "-m", "photo_detector", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+    return run_cli(*args, env=env)
 
 
 def cloud_env(gcs: str, vertex_url: str = "", registry_url: str = "") -> dict[str, str]:

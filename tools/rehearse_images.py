@@ -126,6 +126,12 @@ def tree_modules() -> list[str]:
     return out
 
 
+# Imports of paths that only run on Vertex (the local rehearsal cannot reach them): the train image's
+# experiment time series and its multi-GPU launcher.
+OPTIONAL_PATHS = {"train": ("google.cloud.aiplatform_v1", "photo_detector.cloud.timeseries",
+                            "photo_detector.parallel", "torch.distributed")}
+
+
 def make_env(image: str, wheel: Path, envs: Path, report: Report) -> Path:
     env = envs / image
     pins, extra = dockerfile_installs(image)
@@ -145,6 +151,9 @@ def make_env(image: str, wheel: Path, envs: Path, report: Report) -> Path:
                                   "torch": has_torch}
     report.check(has_torch == (image == "train"),
                  f"{image}: torch is {'present' if has_torch else 'absent'} (only train may have it)")
+    for module in OPTIONAL_PATHS.get(image, ()):  # code paths the rehearsed commands do not reach
+        res = run([str(env / "bin" / "python"), "-c", f"import {module}"])
+        report.check(res.returncode == 0, f"{image}: `import {module}` fails: {res.stderr[-500:]}")
     print(f"env {image:<8} {seconds:6.1f}s  {' '.join(pins)} [{extra}]  torch: {has_torch}", flush=True)
     return env
 

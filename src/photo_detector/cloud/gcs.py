@@ -58,8 +58,9 @@ _local = threading.local()
 
 
 def thread_client(project: str | None = None) -> Any:
-    """This thread's own client (see the module docstring for why not one shared client)."""
-    key = project or ""
+    """This thread's own client (see the module docstring for why not one shared client), per project and
+    endpoint (an emulator set after the first call gets a client of its own)."""
+    key = (project or "", os.environ.get("STORAGE_EMULATOR_HOST", ""))
     clients = getattr(_local, "clients", None)
     if clients is None:
         clients = _local.clients = {}
