@@ -570,9 +570,12 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
         return TrainResult(out, best_epoch, float("nan"), {}, epoch, time.perf_counter() - start, history,
                            stopped_by)
     best_ckpt = load_checkpoint(out / BEST)
-    trainer.model.load_state_dict(best_ckpt["model_state_dict"])
+    # Several processes: export a plain model, not the training one whose BatchNorm layers synchronise over
+    # processes (same state-dict keys); one process: the training model itself.
+    model = build_model(cfg.model, load_pretrained=False) if shard.distributed else trainer.model
+    model.load_state_dict(best_ckpt["model_state_dict"])
     best_row = best_ckpt["metrics"]
-    export_model_folder(trainer.model, out, cfg, trainer.pp, trainer.val_store.images, trainer.val_store.labels,
+    export_model_folder(model, out, cfg, trainer.pp, trainer.val_store.images, trainer.val_store.labels,
                         checkpoint_file=BEST, best_epoch=best_ckpt["epoch"],
                         val_metrics={k: v for k, v in best_row.items() if k.startswith("val_")},
                         train_images=len(trainer.train_store), val_images=len(trainer.val_store),
