@@ -295,6 +295,13 @@ def check_world(world: int, device: torch.device, batch_size: int) -> None:
         raise PhotoDetectorError(
             f"config key 'data.batch_size' ({batch_size}) is not a multiple of train.gpus ({world})",
             "data.batch_size is the global batch, split evenly over the GPUs: pick a multiple of train.gpus")
+    if device.type == "cuda":
+        from photo_detector.io import usable_cores
+
+        if usable_cores() < 2 * world:  # each process needs a core to keep its GPU fed
+            log.warning("%d GPUs on a machine with %d CPU(s): the GPUs may wait on the CPU. On Vertex, set the "
+                        "train_cpu and train_memory parameters with gpus (submit --param gpus=N sets them)",
+                        world, usable_cores())
     if device.type == "cpu":
         log.info("train.gpus=%d on the CPU: %d gloo processes (exercises the multi-GPU path; not faster than "
                  "one process)", world, world)
