@@ -14,7 +14,8 @@ def test_schedule_create_sends_cron_with_time_zone_and_the_run_request(gcs, vert
     api, url = vertex
     out = cli("schedule", "create", "--cron", "0 3 * * 1", "--time-zone", "Europe/Berlin",
               "--max-concurrent-runs", "2", "--max-runs", "10", "--start-time", "2026-12-01T00:00:00+01:00",
-              "--end-time", "2027-06-01", "--param", "epochs=5", "--display-name", "weekly", env=cloud_env(gcs, url))
+              "--end-time", "2027-06-01", "--param", "epochs=5", "--param", "gpus=2", "--display-name", "weekly",
+              "--experiment", "catalog-v2", env=cloud_env(gcs, url))
     assert out.returncode == 0, out.stderr
     body = api.calls("POST", SCHEDULES + "$")[0].body
     assert body["cron"] == "TZ=Europe/Berlin 0 3 * * 1" and body["displayName"] == "weekly"
@@ -23,7 +24,11 @@ def test_schedule_create_sends_cron_with_time_zone_and_the_run_request(gcs, vert
     request = body["createPipelineJobRequest"]
     assert request["parent"] == "projects/proj/locations/europe-west4"
     job = request["pipelineJob"]
-    assert job["runtimeConfig"]["parameterValues"]["epochs"] == 5
+    values = job["runtimeConfig"]["parameterValues"]
+    assert values["epochs"] == 5
+    # Each run's train task: two T4s on the machine that feeds them, epochs as the experiment's time series.
+    assert (values["gpus"], values["train_cpu"], values["train_memory"]) == (2, "8", "30G")
+    assert values["experiment"] == "catalog-v2"
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://runs-bucket/root"
     assert job["pipelineSpec"]["pipelineInfo"]["name"] == "photo-detector-training"
     assert "created schedule 1000 (weekly)" in out.stdout

@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
     p = ssub.add_parser("create", help="run the pipeline on a cron schedule")
     _add_config_args(p)
-    _add_cloud_args(p, "pipeline_root", "service_account", "kfp_repository")
+    _add_cloud_args(p, "pipeline_root", "service_account", "kfp_repository", "experiment")
     p.add_argument("--cron", required=True, help="5-field cron, e.g. '0 3 * * 1' (Mondays 03:00)")
     p.add_argument("--time-zone", default="Etc/UTC", help="IANA time zone of the cron (default Etc/UTC)")
     p.add_argument("--template", default="compiled/training_pipeline.yaml", help="compiled YAML or NAME:TAG")
