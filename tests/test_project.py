@@ -151,6 +151,10 @@ def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(pr
     st["t4"] = 0
     fails("t4 quota")
     st["t4"] = 1
+    two = project.cli("doctor", "--template", str(spec), "--set", "train.gpus=2")  # both T4s at once
+    assert two.returncode == 1 and "FAIL  t4 quota         1 T4 GPU(s) for custom training in us-central1 " \
+        "(train.gpus is 2)" in two.stdout and "UsPerProjectPerRegion >= 2" in two.stdout, two.stdout
+    st["t4"] = 1
     saved_tb = dict(st["tensorboards"])
     st["tensorboards"].clear()
     fails("tensorboard")

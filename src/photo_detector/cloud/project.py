@@ -528,8 +528,10 @@ def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None =
                                                 f"aiplatform.googleapis.com/quotaInfos/{T4_QUOTA}")
             value = max((int(d.details.value) for d in info.dimensions_infos
                          if d.dimensions.get("region") == region), default=0)
-            return Check("t4 quota", value >= 1, f"{value} T4 GPU(s) for custom training in {region}",
-                         f"request quota {T4_QUOTA} >= 1 for {region} (console: IAM & Admin > Quotas)")
+            need = cfg.train.gpus  # a multi-GPU train task needs them all at once
+            return Check("t4 quota", value >= need, f"{value} T4 GPU(s) for custom training in {region}"
+                         + (f" (train.gpus is {need})" if need > 1 else ""),
+                         f"request quota {T4_QUOTA} >= {need} for {region} (console: IAM & Admin > Quotas)")
         yield _safely("t4 quota", t4_quota)
 
     if want("tensorboard"):
