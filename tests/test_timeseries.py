@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fakes import FakeVertex
 
+from photo_detector.cloud.settings import Settings
 from photo_detector.cloud.timeseries import TB_RUN_ARTIFACT, TimeSeriesLog
 from photo_detector.tblog import TAGS
 
@@ -32,8 +33,8 @@ def vertex() -> Iterator[tuple[FakeVertex, str]]:
 
 
 def _log(url: str, run: str = "run-1") -> TimeSeriesLog:
-    return TimeSeriesLog(project="proj", region="us-central1", experiment="catalog-v2", run=run,
-                         tensorboard="photo-detector", endpoint=url)
+    return TimeSeriesLog(Settings(project="proj", region="us-central1", endpoints={"vertex": url}),
+                         experiment="catalog-v2", run=run, tensorboard="photo-detector")
 
 
 def test_every_epoch_becomes_a_point_of_the_run_s_time_series(vertex: tuple[FakeVertex, str]) -> None:
@@ -85,7 +86,8 @@ def test_only_a_vertex_run_with_an_experiment_logs_time_series() -> None:
 
     job = "projects/proj/locations/europe-west4/pipelineJobs/photo-detector-training-20261127-abc"
     log = _experiment_time_series(load_config(None, {"gcp.experiment": "catalog-v2"}), job)
-    assert log is not None and (log.project, log.region, log.run, log.experiment, log.tensorboard) == (
+    assert log is not None and (log.settings.project, log.settings.region, log.run, log.experiment,
+                                log.tensorboard) == (
         "proj", "europe-west4", "photo-detector-training-20261127-abc", "catalog-v2", "photo-detector")
     assert _experiment_time_series(load_config(), job) is None  # no experiment
     assert _experiment_time_series(load_config(None, {"gcp.experiment": "catalog-v2"}), "") is None  # kfp local

@@ -158,15 +158,15 @@ def _experiment_time_series(cfg: Config, pipeline_job: str) -> Callable[[dict[st
     """Per-epoch time series for a run on Vertex attached to an experiment (gcp.experiment, which submit
     --experiment sets); None elsewhere (kfp local, no experiment)."""
     from photo_detector.cloud.deploy import run_scope
-    from photo_detector.cloud.settings import ENDPOINTS
+    from photo_detector.cloud.settings import resolve
     from photo_detector.cloud.timeseries import TimeSeriesLog
 
     scope = run_scope(pipeline_job)
     if not (cfg.gcp.experiment and pipeline_job and scope.project and scope.region):
         return None
-    return TimeSeriesLog(project=scope.project, region=scope.region, experiment=cfg.gcp.experiment,
-                         run=pipeline_job.rsplit("/", 1)[1], tensorboard=cfg.gcp.tensorboard,
-                         endpoint=os.environ.get(ENDPOINTS["vertex"], ""))
+    return TimeSeriesLog(resolve(cfg, {"project": scope.project, "region": scope.region}),
+                         experiment=cfg.gcp.experiment, run=pipeline_job.rsplit("/", 1)[1],
+                         tensorboard=cfg.gcp.tensorboard)
 
 
 @_stage("train")

@@ -127,10 +127,7 @@ class Clients:
             return storage.Client(project=s.project, credentials=s.credentials("storage"))
         if name == "tensorboard":
             from google.cloud import aiplatform_v1
-
-            from photo_detector.cloud.timeseries import vertex_client
-            return vertex_client(aiplatform_v1.TensorboardServiceClient, s.require("region"),
-                                 s.endpoints.get("vertex", ""))
+            return s.vertex_client(aiplatform_v1.TensorboardServiceClient)
         raise KeyError(name)
 
 
@@ -215,11 +212,6 @@ class SetupResult:
         return sum(1 for s in self.steps if not s.done)
 
 
-def _has_tensorboard(client: Any, parent: str, display_name: str) -> bool:
-    return any(_call(client.list_tensorboards, request={"parent": parent,
-                                                         "filter": f'display_name="{display_name}"'}))
-
-
 def _exists(call: Callable[[], Any]) -> bool:
     from google.api_core import exceptions as gexc
 
@@ -290,11 +282,13 @@ def plan_setup(cfg: Config, settings: Settings, clients: Clients | None = None) 
         log.warning("only one of the two secrets exists: the smoke key's hash may be missing from %s",
                      cfg.deploy.api_keys_secret)
 
+    from photo_detector.cloud.timeseries import find_tensorboard
+
     tb = clients.get("tensorboard")
     tb_parent = f"projects/{project}/locations/{region}"
     steps.append(Step(f"create Vertex AI TensorBoard {cfg.gcp.tensorboard} in {region} (the per-epoch time series "
                       "of runs attached to an experiment)",
-                      _has_tensorboard(tb, tb_parent, cfg.gcp.tensorboard),
+                      _call(find_tensorboard, tb, project, region, cfg.gcp.tensorboard) is not None,
                       _done(lambda: _call(tb.create_tensorboard, request={"parent": tb_parent, "tensorboard": {
                           "display_name": cfg.gcp.tensorboard,
                           "description": "photo-detector: per-epoch training time series"}}))))
@@ -536,8 +530,10 @@ def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None =
 
     if want("tensorboard"):
         def tensorboard() -> Check:
+            from photo_detector.cloud.timeseries import find_tensorboard
+
             name = cfg.gcp.tensorboard
-            found = _has_tensorboard(clients.get("tensorboard"), f"projects/{project}/locations/{region}", name)
+            found = _call(find_tensorboard, clients.get("tensorboard"), project, region, name) is not None
             return Check("tensorboard", found, f"Vertex AI TensorBoard {name} exists in {region}" if found else
                          f"no Vertex AI TensorBoard named {name} in {region}: runs attached to an experiment "
                          "get no per-epoch time series", "photo-detector setup creates it")

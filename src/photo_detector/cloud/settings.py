@@ -65,16 +65,21 @@ class Settings:
             return AnonymousCredentials()
         return None
 
-    def client(self, service: str, factory: Callable[..., Any]) -> Any:
+    def client(self, service: str, factory: Callable[..., Any], default_endpoint: str = "") -> Any:
         """A generated Google client: over REST with anonymous credentials to a redirected endpoint (a fake,
-        an emulator, a private endpoint), the library's own defaults otherwise."""
-        endpoint = self.endpoints.get(service)
-        if not endpoint:
-            return factory()
+        an emulator, a private endpoint), else the library's defaults at `default_endpoint` if given."""
         from google.api_core.client_options import ClientOptions
 
+        endpoint = self.endpoints.get(service)
+        if not endpoint:
+            return factory(client_options=ClientOptions(api_endpoint=default_endpoint)) if default_endpoint \
+                else factory()
         return factory(transport="rest", credentials=self.credentials(service),
                        client_options=ClientOptions(api_endpoint=endpoint))
+
+    def vertex_client(self, factory: Callable[..., Any]) -> Any:
+        """A Vertex AI GAPIC client: Vertex resources are regional, so the default is the region's endpoint."""
+        return self.client("vertex", factory, f"{self.require('region')}-aiplatform.googleapis.com")
 
     def kfp_host(self) -> str:
         """The Artifact Registry KFP repository URL templates are pushed to and pulled from."""

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from photo_detector.cloud.settings import Settings
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.tblog import TAGS, tag_for
 
@@ -25,23 +26,12 @@ TB_RUN_ARTIFACT = "google.VertexTensorboardRun"
 TB_EXPERIMENT_LABELS = {"vertex_tensorboard_experiment_source": "vertex_experiment"}  # what the SDK sets
 
 
-def vertex_client(factory: Any, region: str, endpoint: str = "") -> Any:
-    """A Vertex AI GAPIC client: the regional endpoint, or REST with anonymous credentials to a redirected
-    one (PHOTO_DETECTOR_VERTEX_ENDPOINT: a fake, a private endpoint)."""
-    from google.api_core.client_options import ClientOptions
-
-    if endpoint:
-        from google.auth.credentials import AnonymousCredentials
-
-        return factory(transport="rest", credentials=AnonymousCredentials(),
-                       client_options=ClientOptions(api_endpoint=endpoint))
-    return factory(client_options=ClientOptions(api_endpoint=f"{region}-aiplatform.googleapis.com"))
-
-
-def find_tensorboard(client: Any, project: str, region: str, display_name: str) -> str | None:
-    """The resource name of the project's TensorBoard instance called `display_name`, if there is one."""
+def find_tensorboard(client: Any, project: str, region: str, display_name: str, **call: Any) -> str | None:
+    """The resource name of the project's TensorBoard instance called `display_name`, if there is one
+    (`call`: timeout and retry of the API call; setup and doctor pass short ones)."""
+    call.setdefault("timeout", 30)
     found = client.list_tensorboards(request={"parent": f"projects/{project}/locations/{region}",
-                                              "filter": f'display_name="{display_name}"'}, timeout=30)
+                                              "filter": f'display_name="{display_name}"'}, **call)
     return next((tb.name for tb in found), None)
 
 
@@ -49,12 +39,10 @@ def find_tensorboard(client: Any, project: str, region: str, display_name: str) 
 class TimeSeriesLog:
     """`on_epoch_end` for run_train. Picklable until first used (multi-GPU training sends it to rank 0)."""
 
-    project: str
-    region: str
+    settings: Settings  # the run's project and region, and a redirected Vertex endpoint if any
     experiment: str
     run: str
     tensorboard: str  # the instance's display name (gcp.tensorboard)
-    endpoint: str = ""
     _client: Any = field(default=None, repr=False)
     _run_name: str = ""
     _series: dict[str, str] = field(default_factory=dict)
@@ -81,11 +69,12 @@ class TimeSeriesLog:
         from google.api_core import exceptions as gexc
         from google.cloud import aiplatform_v1
 
-        client = vertex_client(aiplatform_v1.TensorboardServiceClient, self.region, self.endpoint)
-        tb = find_tensorboard(client, self.project, self.region, self.tensorboard)
+        s = self.settings
+        client = s.vertex_client(aiplatform_v1.TensorboardServiceClient)
+        tb = find_tensorboard(client, s.project, s.region, self.tensorboard)
         if tb is None:
             raise PhotoDetectorError(f"no Vertex AI TensorBoard instance named {self.tensorboard} in "
-                                     f"{self.project}/{self.region}", "photo-detector setup creates it")
+                                     f"{s.project}/{s.region}", "photo-detector setup creates it")
         experiment, run = f"{tb}/experiments/{self.experiment}", f"{tb}/experiments/{self.experiment}/runs/{self.run}"
         try:
             client.get_tensorboard_experiment(name=experiment, timeout=30)
@@ -111,13 +100,14 @@ class TimeSeriesLog:
         from google.api_core import exceptions as gexc
         from google.cloud import aiplatform_v1
 
-        meta = vertex_client(aiplatform_v1.MetadataServiceClient, self.region, self.endpoint)
-        store = f"projects/{self.project}/locations/{self.region}/metadataStores/default"
+        s = self.settings
+        meta = s.vertex_client(aiplatform_v1.MetadataServiceClient)
+        store = f"projects/{s.project}/locations/{s.region}/metadataStores/default"
         try:
             artifact = meta.create_artifact(request={
                 "parent": store, "artifact_id": f"{self.run}-tb-run"[:128],
                 "artifact": {"schema_title": TB_RUN_ARTIFACT, "schema_version": "0.0.1", "state": "LIVE",
-                             "uri": f"https://{self.region}-aiplatform.googleapis.com/v1/{run}",
+                             "uri": f"https://{s.region}-aiplatform.googleapis.com/v1/{run}",
                              "metadata": {"resourceName": run, "vertex_experiment_tracking": True}}}, timeout=30)
         except gexc.AlreadyExists:
             return
