@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
 
 from photo_detector.cloud.gcs import split_uri, thread_client
 from photo_detector.cloud.registry import CHAMPION, find_model
 from photo_detector.cloud.retry import with_retries
 from photo_detector.cloud.settings import Settings
-from photo_detector.cloud.vertex import VERTEX_HINTS, init_vertex
+from photo_detector.cloud.vertex import VERTEX_HINTS, follow, init_vertex
 from photo_detector.config import Config
 from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.errors import PhotoDetectorError
@@ -67,11 +65,6 @@ class BatchResult:
     console_url: str
 
 
-def _state(job: Any) -> str:
-    state = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
-    return getattr(state, "name", str(state))
-
-
 def batch_predict(settings: Settings, cfg: Config, source: str, out: str, *, machine_type: str = "n1-standard-4",
                   replicas: int = 1, sync: bool = True, poll_seconds: float = 30.0,
                   on_state: Callable[[str], None] | None = None) -> BatchResult:
@@ -99,15 +92,13 @@ def batch_predict(settings: Settings, cfg: Config, source: str, out: str, *, mac
     url = (f"https://console.cloud.google.com/vertex-ai/locations/{region}/batch-predictions/{job_id}"
            f"?project={settings.project}")
     log.info("batch prediction job %s: %d instances from %s", name, len(images), instances_uri)
-    state, last = _state(job), None
-    while sync and state not in TERMINAL:
-        if state != last and on_state:
+    if sync:
+        state = follow(job, poll_seconds=poll_seconds, on_state=on_state, terminal=TERMINAL)
+    else:
+        raw = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
+        state = getattr(raw, "name", str(raw))
+        if on_state:
             on_state(state)
-        last = state
-        time.sleep(poll_seconds)
-        state = _state(job)
-    if on_state and state != last:
-        on_state(state)
     output = out
     if state in TERMINAL:
         info = getattr(job._gca_resource, "output_info", None)

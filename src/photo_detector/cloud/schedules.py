@@ -11,13 +11,7 @@ from typing import Any
 
 from photo_detector.cloud.retry import with_retries
 from photo_detector.cloud.settings import Settings
-from photo_detector.cloud.vertex import (
-    check_pipeline_root,
-    init_vertex,
-    load_template,
-    parse_parameters,
-    spec_parameters,
-)
+from photo_detector.cloud.vertex import check_pipeline_root, init_vertex, load_template, run_parameters
 from photo_detector.errors import PhotoDetectorError
 
 
@@ -61,11 +55,9 @@ def create_schedule(settings: Settings, template: str | Path, *, cron: str, time
         raise PhotoDetectorError("--max-concurrent-runs must be at least 1", "e.g. 1 (runs never overlap)")
     with tempfile.TemporaryDirectory(prefix="photo-detector-template-") as tmp:
         path, spec, _ = load_template(settings, template, Path(tmp))
-        values = parse_parameters(spec, params or [])
         # Vertex does not attach scheduled runs to an experiment; the parameter still sends every run's
         # per-epoch time series to the experiment's TensorBoard runs.
-        if settings.experiment and "experiment" in spec_parameters(spec):
-            values.setdefault("experiment", settings.experiment)
+        values = run_parameters(spec, params or [], settings.experiment)
         name = spec["pipelineInfo"]["name"]
         init_vertex(settings)
         check_pipeline_root(settings)

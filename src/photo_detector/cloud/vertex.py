@@ -106,6 +106,15 @@ def _scale_train_machine(spec: dict[str, Any], params: dict[str, Any], out: dict
         out.setdefault("train_memory", f"{float(memory[1]) / base * gpus:g}{memory[2]}")
 
 
+def run_parameters(spec: dict[str, Any], items: list[str], experiment: str | None) -> dict[str, Any]:
+    """A run's parameter values (submit, each scheduled run): the `--param` items, plus the experiment, which
+    the train task needs as a parameter to log its per-epoch time series there."""
+    values = parse_parameters(spec, items)
+    if experiment and "experiment" in spec_parameters(spec):
+        values.setdefault("experiment", experiment)
+    return values
+
+
 def unique_job_id(pipeline_name: str) -> str:
     stem = re.sub(r"[^a-z0-9-]", "-", pipeline_name.lower()).strip("-")[:90]
     return f"{stem}-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
@@ -200,10 +209,8 @@ def submit(settings: Settings, template: str | Path, *, params: list[str] | None
 
     with tempfile.TemporaryDirectory(prefix="photo-detector-template-") as tmp:
         path, spec, source = load_template(settings, template, Path(tmp))
-        values = parse_parameters(spec, params or [])
         experiment = experiment or settings.experiment or None
-        if experiment and "experiment" in spec_parameters(spec):  # the train task logs its time series there
-            values.setdefault("experiment", experiment)
+        values = run_parameters(spec, params or [], experiment)
         name = spec["pipelineInfo"]["name"]
         job_id = job_id or unique_job_id(name)
         init_vertex(settings)
@@ -243,15 +250,16 @@ def _state_name(job: Any) -> str:
 
 
 def follow(job: Any, *, poll_seconds: float = 30.0, on_state: Callable[[str], None] | None = None,
-           sleep: Callable[[float], None] = time.sleep) -> str:
-    """Poll until the run ends; report each state change."""
+           sleep: Callable[[float], None] = time.sleep, terminal: set[str] = TERMINAL_STATES) -> str:
+    """Poll a Vertex job (a pipeline run; a batch prediction job with its own `terminal` states) until it
+    ends; report each state change."""
     last = None
     while True:
-        state = with_retries("reading the run's state", lambda: job.state, hints=VERTEX_HINTS)
+        state = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
         name = getattr(state, "name", str(state))
         if name != last and on_state:
             on_state(name)
         last = name
-        if name in TERMINAL_STATES:
+        if name in terminal:
             return name
         sleep(poll_seconds)
