@@ -345,7 +345,7 @@ class _Trainer:
             if self.jpeg:
                 a = cfg.augmentation
                 xb = jpeg_recompress(xb, a.jpeg_probability, (a.jpeg_quality[0], a.jpeg_quality[1]),
-                                     self.jpeg_gen, rows=self.rows, total=self.batch_size)
+                                     self.jpeg_gen, part=self.rows, total=self.batch_size)
             inputs = self.augment(xb.to(self.device, non_blocking=True), channels_last=self.channels_last,
                                   draw=draw)
         with self._autocast():
@@ -446,8 +446,10 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     """
     start = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out_dir)
+    ckpt = None
     if resume:
-        cfg = _resume_config(out / LAST, cfg)
+        ckpt = _resume_checkpoint(out / LAST, cfg)
+        cfg = from_dict(ckpt["config"])
     world = cfg.train.gpus
     if world > 1:
         device = select_device(cfg.train.device)
@@ -455,33 +457,39 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     prepare_output_dir(out, force=force, resume=resume)
     args = (data_dir, out, cfg, resume, on_epoch_end)
     if world == 1:
-        result = _train(*args, Shard())
-    else:
+        result = _train(*args, Shard(), ckpt=ckpt)
+    else:  # each process reads the checkpoint itself (no copy of it through the launcher)
         result = launch(_train, args, world, "nccl" if device.type == "cuda" else "gloo")
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _resume_config(last_path: Path, cfg: Config) -> Config:
-    """The interrupted run's config, after checking that `cfg` asks for the same training."""
+def _resume_checkpoint(last_path: Path, cfg: Config) -> dict[str, Any]:
+    """The interrupted run's checkpoint, after checking that `cfg` asks for the same training; its config
+    takes this run's values of the keys that may change between attempts (RESUME_FREE_KEYS)."""
     if not last_path.is_file():
         raise PhotoDetectorError(f"--resume: {last_path} does not exist", "start a new run without --resume")
-    saved = load_checkpoint(last_path)["config"]
-    diffs = _config_diff(cfg.to_dict(), saved)
+    ckpt = load_checkpoint(last_path)
+    diffs = _config_diff(cfg.to_dict(), ckpt["config"])
     if diffs:
         raise PhotoDetectorError(f"--resume: the config differs from the checkpoint's at {'; '.join(diffs)}",
                                  "resume with the same config and flags as the interrupted run")
-    free = {section: {key: getattr(getattr(cfg, section), key) for (sec, key) in RESUME_FREE_KEYS if sec == section}
-            for section in {sec for sec, _ in RESUME_FREE_KEYS}}
-    return from_dict({**saved, **{section: {**saved[section], **keys} for section, keys in free.items()}})
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in ckpt["config"].items()}
+    for section, key in RESUME_FREE_KEYS:
+        merged[section][key] = getattr(getattr(cfg, section), key)
+    ckpt["config"] = merged
+    return ckpt
 
 
 def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
-           on_epoch_end: Callable[[dict[str, float]], None] | None, shard: Shard) -> TrainResult:
-    """The training loop of one process; `shard` says which (rank 0 of 1 without DDP)."""
+           on_epoch_end: Callable[[dict[str, float]], None] | None, shard: Shard,
+           ckpt: dict[str, Any] | None = None) -> TrainResult:
+    """The training loop of one process; `shard` says which (rank 0 of 1 without DDP). `ckpt`: last.pt when
+    the caller has read it already; else it is read here when resuming."""
     start = time.perf_counter()
     last_path = out / LAST
-    ckpt = load_checkpoint(last_path) if resume else None
+    if resume and ckpt is None:
+        ckpt = load_checkpoint(last_path)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)

@@ -194,12 +194,12 @@ class BatchAugment:
 
 
 def jpeg_recompress(x: torch.Tensor, probability: float, quality: tuple[int, int],
-                    generator: torch.Generator, rows: slice | None = None, total: int | None = None) -> torch.Tensor:
+                    generator: torch.Generator, part: slice | None = None, total: int | None = None) -> torch.Tensor:
     """Re-compress a random share of a uint8 NCHW batch as JPEG, each at a quality drawn from `quality`
     (inclusive). Why: when one class arrived as JPEG and the other did not, a detector can learn compression
     traces instead of content ("Fake or JPEG?"); re-compressing training images at random qualities makes
     those traces useless. Works on the given tensor (pass a copy of the store's rows); Pillow's codec, the
-    one verify-data and serving decode with (torchvision's own is deprecated since 0.29). With `rows` and
+    one verify-data and serving decode with (torchvision's own is deprecated since 0.29). With `part` and
     `total`, `x` is those rows of a global batch of `total`: the draw covers the whole batch, as in one process."""
     import io
 
@@ -209,8 +209,8 @@ def jpeg_recompress(x: torch.Tensor, probability: float, quality: tuple[int, int
     n = total or x.shape[0]
     pick = torch.rand(n, generator=generator) < probability
     qualities = torch.randint(quality[0], quality[1] + 1, (n,), generator=generator)
-    if rows is not None:
-        pick, qualities = pick[rows], qualities[rows]
+    if part is not None:
+        pick, qualities = pick[part], qualities[part]
     rows = pick.nonzero().flatten()
     if len(rows) == 0:
         return x
