@@ -22,6 +22,7 @@ from photo_detector.config import load_config
 from photo_detector.evaluate import predict_files
 from photo_detector.serving.app import create_app
 from photo_detector.serving.auth import KeyChecker, hash_key, parse_hashes
+from photo_detector.serving.timing import Timing, parse_server_timing
 
 KEY = "test-key-123"
 HEADERS = {"X-API-Key": KEY}
@@ -80,6 +81,31 @@ def test_predict_matches_the_evaluate_stage_on_the_same_file(service, trained_di
         assert body["prediction"] == ("ai_generated" if expected >= 0.5 else "real")
         assert body["confidence"] in {"high", "medium", "low"} and body["model_version"].startswith("m-")
         assert r.headers["X-Request-ID"] == body["request_id"]
+
+
+def test_server_timing_says_where_the_request_time_went(service, sample_dir: Path) -> None:
+    url, client = service
+    image = next((sample_dir / "test" / "real").iterdir()).read_bytes()
+    r = post(client, url, image)
+    phases = parse_server_timing(r.headers["Server-Timing"])
+    assert list(phases) == ["read", "decode", "resize", "normalise", "model"]
+    assert all(ms >= 0 for ms in phases.values()) and phases["decode"] > 0 and phases["model"] > 0
+    assert r.json()["inference_time_ms"] == pytest.approx(phases["model"], abs=2e-3)  # both round to 1 us
+    files = [("files", (f"{i}.png", png_bytes(seed=i), "image/png")) for i in range(3)]
+    batch = client.post(f"{url}/predict/batch", files=files, headers=HEADERS)
+    assert parse_server_timing(batch.headers["Server-Timing"])["model"] == pytest.approx(
+        batch.json()["batch_inference_time_ms"], abs=2e-3)
+
+
+def test_server_timing_header_round_trips() -> None:
+    timing = Timing()
+    for name in ("read", "decode", "decode"):
+        with timing.phase(name):
+            pass
+    parsed = parse_server_timing(timing.header())
+    assert list(parsed) == ["read", "decode"] and parsed["decode"] >= 0
+    assert parse_server_timing('db;dur=53.2, cache;desc="Cache Read";dur=23.2, miss') == {
+        "db": 53.2, "cache": 23.2, "miss": 0.0}
 
 
 def test_batch_runs_several_files_and_has_a_limit(service) -> None:
@@ -214,3 +240,4 @@ def test_key_hashes_must_be_hashes() -> None:
         parse_hashes("plain-key")
     checker = KeyChecker([hash_key("a")])
     assert checker.check("a") and not checker.check("b") and not checker.check(None) and not checker.check("")
+

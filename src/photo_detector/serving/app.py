@@ -41,6 +41,7 @@ from photo_detector.serving.instances import InstanceError, instance_bytes, pars
 from photo_detector.serving.metrics import ServiceMetrics
 from photo_detector.serving.middleware import KeyAuth, RequestContext
 from photo_detector.serving.multipart import MultipartError, file_parts
+from photo_detector.serving.timing import Timing
 
 log = logging.getLogger("photo_detector.serve")
 
@@ -149,28 +150,31 @@ async def _files(request: Request, field_name: str, max_files: int) -> list[byte
     return parts
 
 
-def _decode(state: ServiceState, model: LoadedModel, data: bytes) -> np.ndarray:
+def _decode(state: ServiceState, model: LoadedModel, data: bytes, timing: Timing) -> np.ndarray:
     pp = model.preprocess
-    img = open_image(data, max_pixels=state.cfg.serve.max_image_pixels, draft_size=pp.store_size)
-    return decode_crop(img, pp)
+    with timing.phase("decode"):
+        img = open_image(data, max_pixels=state.cfg.serve.max_image_pixels, draft_size=pp.store_size)
+    with timing.phase("resize"):
+        return decode_crop(img, pp)
 
 
-def _infer(model: LoadedModel, crops: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
-    probs = model.probabilities(normalise(crops, model.preprocess))
-    return probs, time.perf_counter() - t0
+def _infer(model: LoadedModel, crops: list[np.ndarray], timing: Timing) -> np.ndarray:
+    with timing.phase("normalise"):
+        x = normalise(crops, model.preprocess)
+    with timing.phase("model"):
+        return model.probabilities(x)
 
 
-def _predict_files(state: ServiceState, blobs: list[bytes]) -> tuple[np.ndarray, float]:
+def _predict_files(state: ServiceState, blobs: list[bytes], timing: Timing) -> np.ndarray:
     """Decode and run in one worker-thread hop; any bad file fails the request (multipart routes)."""
     model = _model(state)
     squares = []
     for i, data in enumerate(blobs):
         try:
-            squares.append(_decode(state, model, data))
+            squares.append(_decode(state, model, data, timing))
         except ImageRejected as exc:
             raise ClientError(exc.status, (f"file {i + 1}: " if len(blobs) > 1 else "") + exc.message) from None
-    return _infer(model, squares)
+    return _infer(model, squares, timing)
 
 
 async def _in_worker(state: ServiceState, fn: Any, *args: Any) -> Any:
@@ -181,56 +185,68 @@ async def _in_worker(state: ServiceState, fn: Any, *args: Any) -> Any:
         raise ClientError(503, f"the prediction took longer than {timeout}s; retry") from None
 
 
-def _result(state: ServiceState, model: LoadedModel, probs: np.ndarray, seconds: float) -> list[dict[str, Any]]:
+def _result(state: ServiceState, model: LoadedModel, probs: np.ndarray, timing: Timing) -> list[dict[str, Any]]:
     t = model.thresholds
-    labels = [label_for(float(p), t) for p in probs]
-    state.metrics.observe_predictions(labels, [float(p) for p in probs], seconds)
-    ms = round(seconds * 1000.0 / max(1, len(probs)), 3)
-    return [{"prediction": label, "probability": round(float(p), 6), "confidence": confidence_for(float(p), t),
-             "model_version": model.version, "inference_time_ms": ms} for label, p in zip(labels, probs, strict=True)]
+    scores = probs.tolist()
+    labels = [label_for(p, t) for p in scores]
+    seconds = timing.seconds("model")
+    state.metrics.observe_predictions(labels, scores, seconds)
+    ms = round(seconds * 1000.0 / max(1, len(scores)), 3)
+    return [{"prediction": label, "probability": round(p, 6), "confidence": confidence_for(p, t),
+             "model_version": model.version, "inference_time_ms": ms} for label, p in zip(labels, scores, strict=True)]
+
+
+def _answer(payload: dict[str, Any], timing: Timing) -> JSONResponse:
+    return JSONResponse(payload, headers={"server-timing": timing.header()})
 
 
 async def predict(request: Request) -> Response:
     state = _state(request)
     model = _model(state)
-    blobs = await _files(request, "file", 1)
+    timing = Timing()
+    with timing.phase("read"):
+        blobs = await _files(request, "file", 1)
     if len(blobs) != 1:
         raise ClientError(400, "send exactly one 'file'; use /predict/batch for several")
-    probs, seconds = await _in_worker(state, _predict_files, blobs)
-    return JSONResponse({**_result(state, model, probs, seconds)[0], "request_id": request.state.request_id})
+    probs = await _in_worker(state, _predict_files, blobs, timing)
+    return _answer({**_result(state, model, probs, timing)[0], "request_id": request.state.request_id}, timing)
 
 
 async def predict_batch(request: Request) -> Response:
     state = _state(request)
     model = _model(state)
     limit = state.cfg.serve.max_batch_files
-    blobs = await _files(request, "files", limit)
+    timing = Timing()
+    with timing.phase("read"):
+        blobs = await _files(request, "files", limit)
     if len(blobs) > limit:
         raise ClientError(413, f"{len(blobs)} files; the limit per batch is {limit}")
-    probs, seconds = await _in_worker(state, _predict_files, blobs)
-    return JSONResponse({"predictions": _result(state, model, probs, seconds),
-                         "batch_inference_time_ms": round(seconds * 1000, 3), "request_id": request.state.request_id})
+    probs = await _in_worker(state, _predict_files, blobs, timing)
+    return _answer({"predictions": _result(state, model, probs, timing),
+                    "batch_inference_time_ms": round(timing.seconds("model") * 1000, 3),
+                    "request_id": request.state.request_id}, timing)
 
 
-def _predict_instances(state: ServiceState, instances: list[Any]) -> list[dict[str, Any]]:
+def _predict_instances(state: ServiceState, instances: list[Any], timing: Timing) -> list[dict[str, Any]]:
     """Each instance independently: a bad one gets its own error in its place, the others their scores."""
     model = _model(state)
     limit = state.cfg.serve.max_body_bytes
     out: list[dict[str, Any] | None] = [None] * len(instances)
     squares, where = [], []
     for i, instance in enumerate(instances):
-        data = instance_bytes(instance, limit)
+        with timing.phase("read"):
+            data = instance_bytes(instance, limit)
         if isinstance(data, InstanceError):
             out[i] = data.to_json()
             continue
         try:
-            squares.append(_decode(state, model, data))
+            squares.append(_decode(state, model, data, timing))
             where.append(i)
         except ImageRejected as exc:
             out[i] = InstanceError(exc.status, exc.message).to_json()
     if squares:
-        probs, seconds = _infer(model, squares)
-        for i, res in zip(where, _result(state, model, probs, seconds), strict=True):
+        probs = _infer(model, squares, timing)
+        for i, res in zip(where, _result(state, model, probs, timing), strict=True):
             out[i] = res
     return out  # type: ignore[return-value]
 
@@ -239,14 +255,16 @@ async def predict_instances(request: Request) -> Response:
     """The Vertex AI prediction protocol (the serve image is also a Vertex prediction container)."""
     state = _state(request)
     model = _model(state)
-    body = await _body(request, state.cfg.serve.max_body_bytes)
-    try:
-        instances = parse_instances(json.loads(body), state.cfg.serve.max_batch_files)
-    except ValueError as exc:  # JSONDecodeError is one
-        raise ClientError(400, str(exc)) from None
-    predictions = await _in_worker(state, _predict_instances, instances)
-    return JSONResponse({"predictions": predictions, "deployedModelId": os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
-                         "model_version": model.version})
+    timing = Timing()
+    with timing.phase("read"):
+        body = await _body(request, state.cfg.serve.max_body_bytes)
+        try:
+            instances = parse_instances(json.loads(body), state.cfg.serve.max_batch_files)
+        except ValueError as exc:  # JSONDecodeError is one
+            raise ClientError(400, str(exc)) from None
+    predictions = await _in_worker(state, _predict_instances, instances, timing)
+    return _answer({"predictions": predictions, "deployedModelId": os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
+                    "model_version": model.version}, timing)
 
 
 async def model_info(request: Request) -> Response:
