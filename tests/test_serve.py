@@ -241,3 +241,15 @@ def test_key_hashes_must_be_hashes() -> None:
     checker = KeyChecker([hash_key("a")])
     assert checker.check("a") and not checker.check("b") and not checker.check(None) and not checker.check("")
 
+
+def test_work_past_the_request_time_limit_is_a_503() -> None:
+    import asyncio
+    import time
+
+    from photo_detector.serving.app import ClientError, ServiceState, _in_worker
+
+    state = ServiceState("unused", load_config(None, {"serve.request_timeout_seconds": 0.1}))
+    with pytest.raises(ClientError) as err:
+        asyncio.run(_in_worker(state, lambda _state, seconds: time.sleep(seconds), 0.5))
+    assert err.value.status == 503 and "longer than 0.1s" in err.value.message
+    assert asyncio.run(_in_worker(state, lambda _state, x: x * 2, 21)) == 42

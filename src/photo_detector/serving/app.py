@@ -178,9 +178,12 @@ def _predict_files(state: ServiceState, blobs: list[bytes], timing: Timing) -> n
 
 
 async def _in_worker(state: ServiceState, fn: Any, *args: Any) -> Any:
+    """Image work off the event loop, so other requests' bodies are read meanwhile, within the time limit.
+    asyncio.timeout rather than wait_for, which on Python 3.11 wraps the call in one more Task."""
     timeout = state.cfg.serve.request_timeout_seconds
     try:
-        return await asyncio.wait_for(asyncio.to_thread(fn, state, *args), timeout)
+        async with asyncio.timeout(timeout):
+            return await asyncio.to_thread(fn, state, *args)
     except TimeoutError:
         raise ClientError(503, f"the prediction took longer than {timeout}s; retry") from None
 
