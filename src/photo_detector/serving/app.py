@@ -199,7 +199,9 @@ def _result(state: ServiceState, model: LoadedModel, probs: np.ndarray, timing: 
              "model_version": model.version, "inference_time_ms": ms} for label, p in zip(labels, scores, strict=True)]
 
 
-def _answer(payload: dict[str, Any], timing: Timing) -> JSONResponse:
+def _answer(state: ServiceState, payload: dict[str, Any], timing: Timing) -> JSONResponse:
+    """The JSON answer with its Server-Timing header; the same phases go to /metrics."""
+    state.metrics.observe_phases(timing.phases)
     return JSONResponse(payload, headers={"server-timing": timing.header()})
 
 
@@ -212,7 +214,7 @@ async def predict(request: Request) -> Response:
     if len(blobs) != 1:
         raise ClientError(400, "send exactly one 'file'; use /predict/batch for several")
     probs = await _in_worker(state, _predict_files, blobs, timing)
-    return _answer({**_result(state, model, probs, timing)[0], "request_id": request.state.request_id}, timing)
+    return _answer(state, {**_result(state, model, probs, timing)[0], "request_id": request.state.request_id}, timing)
 
 
 async def predict_batch(request: Request) -> Response:
@@ -225,7 +227,7 @@ async def predict_batch(request: Request) -> Response:
     if len(blobs) > limit:
         raise ClientError(413, f"{len(blobs)} files; the limit per batch is {limit}")
     probs = await _in_worker(state, _predict_files, blobs, timing)
-    return _answer({"predictions": _result(state, model, probs, timing),
+    return _answer(state, {"predictions": _result(state, model, probs, timing),
                     "batch_inference_time_ms": round(timing.seconds("model") * 1000, 3),
                     "request_id": request.state.request_id}, timing)
 
@@ -266,7 +268,7 @@ async def predict_instances(request: Request) -> Response:
         except ValueError as exc:  # JSONDecodeError is one
             raise ClientError(400, str(exc)) from None
     predictions = await _in_worker(state, _predict_instances, instances, timing)
-    return _answer({"predictions": predictions, "deployedModelId": os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
+    return _answer(state, {"predictions": predictions, "deployedModelId": os.environ.get("AIP_DEPLOYED_MODEL_ID", ""),
                     "model_version": model.version}, timing)
 
 

@@ -14,6 +14,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 # Latency buckets from 1 ms to 10 s: a 224 px request takes a few ms, a phone photo tens.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
+# Phases of one request run from 0.1 ms (normalising a crop) to seconds (decoding a huge PNG).
+PHASE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0)
 
 
 class ServiceMetrics:
@@ -27,6 +29,9 @@ class ServiceMetrics:
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.model_time = Histogram("photo_detector_model_seconds", "ONNX Runtime time per model call",
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.phases = Histogram("photo_detector_phase_seconds",
+                                "Server time per request phase (read, decode, resize, normalise, model), as in "
+                                "the Server-Timing header", ["phase"], buckets=PHASE_BUCKETS, registry=self.registry)
         self.predictions = Counter("photo_detector_predictions", "Predictions by label", ["label"],
                                    registry=self.registry)
         self.probability = Histogram("photo_detector_ai_probability",
@@ -42,6 +47,10 @@ class ServiceMetrics:
         for label, p in zip(labels, probabilities, strict=True):
             self.predictions.labels(label).inc()
             self.probability.observe(p)
+
+    def observe_phases(self, phases: dict[str, float]) -> None:
+        for phase, seconds in phases.items():
+            self.phases.labels(phase).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
