@@ -19,7 +19,7 @@ from torch import nn
 from photo_detector.config import load_config
 from photo_detector.data.augment import BatchAugment, uint8_nchw
 from photo_detector.model import build_model
-from photo_detector.parallel import Shard, launch, sync_batchnorm
+from photo_detector.parallel import Shard, data_parallel, launch
 from photo_detector.preprocess import Preprocess
 from photo_detector.train import make_optimizer
 
@@ -65,11 +65,7 @@ def ddp_rate(batch: int, steps: int, size: int, device_type: str, shard: Shard) 
     cfg = load_config(None, {"model.pretrained": False, "data.batch_size": batch})
     dev = torch.device(device_type, shard.rank) if device_type == "cuda" else torch.device("cpu")
     model = build_model(cfg.model, load_pretrained=False).to(dev).train().to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if shard.distributed:
-        sync_batchnorm(model, dev)
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                  forward_sync_buffers=False)
+    net = data_parallel(model, dev, shard)
     amp = dev.type == "cuda"
     opt = make_optimizer(list(model.parameters()), cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)

@@ -186,6 +186,18 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def data_parallel(model: nn.Module, device: torch.device, shard: Shard) -> nn.Module:
+    """What a training step calls: the model itself in one process; with several, the model with global
+    BatchNorm (changed in place) wrapped in DDP, which averages gradients over processes in the backward pass.
+    Checkpoints, validation and export use the model itself, whose state-dict keys stay the same."""
+    if not shard.distributed:
+        return model
+    sync_batchnorm(model, device)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        forward_sync_buffers=False)  # BatchNorm buffers stay equal on every rank: global statistics
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Launching one process per device
 

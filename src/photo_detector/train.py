@@ -31,7 +31,7 @@ from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_model_folder
 from photo_detector.io import atomic_path, prepare_output_dir, write_text_atomic
 from photo_detector.model import PhotoDetector, build_model, count_trainable
-from photo_detector.parallel import Shard, ShardDropout, check_world, launch, sync_batchnorm
+from photo_detector.parallel import Shard, ShardDropout, check_world, data_parallel, launch
 from photo_detector.preprocess import Preprocess
 from photo_detector.progress import progress
 from photo_detector.tblog import EpochLog
@@ -308,14 +308,7 @@ class _Trainer:
                 self.model.head[i] = ShardDropout(layer.p, self.dropout_gen, self.shard)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # What the training step calls: the model itself, or its DDP wrapper that averages gradients over
-        # processes in the backward pass (checkpoints and validation use the model itself).
-        self.net: nn.Module = self.model
-        if self.shard.distributed:
-            sync_batchnorm(self.model, self.device)
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                forward_sync_buffers=False)  # BatchNorm buffers stay equal on every rank: global statistics
+        self.net = data_parallel(self.model, self.device, self.shard)  # what the training step calls
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
