@@ -138,3 +138,10 @@ def test_batch_predict_submits_on_the_champion_and_follows_the_job(vertex_and_gc
                  "0", env=env)
     assert failed.returncode == 2 and "ended JOB_STATE_FAILED: Model server never became ready" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+    submitted = cli("batch-predict", "--source", "gs://shop/catalog", "--out", "gs://shop/scores", "--no-sync",
+                    env=env)  # one look at the state, no following
+    assert submitted.returncode == 0, submitted.stderr
+    (state_line,) = [line for line in submitted.stdout.splitlines() if line.startswith("state: ")]
+    assert f"submitted ({state_line.removeprefix('state: ')}); predictions will be written under gs://shop/scores" \
+        in submitted.stdout

@@ -20,7 +20,7 @@ from photo_detector.cloud.gcs import split_uri, thread_client
 from photo_detector.cloud.registry import CHAMPION, find_model
 from photo_detector.cloud.retry import with_retries
 from photo_detector.cloud.settings import Settings
-from photo_detector.cloud.vertex import VERTEX_HINTS, follow, init_vertex
+from photo_detector.cloud.vertex import VERTEX_HINTS, follow, init_vertex, read_state
 from photo_detector.config import Config
 from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.errors import PhotoDetectorError
@@ -95,8 +95,7 @@ def batch_predict(settings: Settings, cfg: Config, source: str, out: str, *, mac
     if sync:
         state = follow(job, poll_seconds=poll_seconds, on_state=on_state, terminal=TERMINAL)
     else:
-        raw = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
-        state = getattr(raw, "name", str(raw))
+        state = read_state(job)
         if on_state:
             on_state(state)
     output = out

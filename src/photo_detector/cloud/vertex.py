@@ -249,14 +249,19 @@ def _state_name(job: Any) -> str:
     return getattr(state, "name", str(state))
 
 
+def read_state(job: Any) -> str:
+    """The job's state now (one request, retried), by name: JOB_STATE_... or PIPELINE_STATE_..."""
+    state = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
+    return getattr(state, "name", str(state))
+
+
 def follow(job: Any, *, poll_seconds: float = 30.0, on_state: Callable[[str], None] | None = None,
            sleep: Callable[[float], None] = time.sleep, terminal: set[str] = TERMINAL_STATES) -> str:
     """Poll a Vertex job (a pipeline run; a batch prediction job with its own `terminal` states) until it
     ends; report each state change."""
     last = None
     while True:
-        state = with_retries("reading the job's state", lambda: job.state, hints=VERTEX_HINTS)
-        name = getattr(state, "name", str(state))
+        name = read_state(job)
         if name != last and on_state:
             on_state(name)
         last = name
