@@ -192,9 +192,8 @@ def _result(state: ServiceState, model: LoadedModel, probs: np.ndarray, timing: 
     t = model.thresholds
     scores = probs.tolist()
     labels = [label_for(p, t) for p in scores]
-    seconds = timing.seconds("model")
-    state.metrics.observe_predictions(labels, scores, seconds)
-    ms = round(seconds * 1000.0 / max(1, len(scores)), 3)
+    state.metrics.observe_predictions(labels, scores)
+    ms = round(timing.seconds("model") * 1000.0 / max(1, len(scores)), 3)
     return [{"prediction": label, "probability": round(p, 6), "confidence": confidence_for(p, t),
              "model_version": model.version, "inference_time_ms": ms} for label, p in zip(labels, scores, strict=True)]
 

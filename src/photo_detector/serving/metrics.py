@@ -42,15 +42,17 @@ class ServiceMetrics:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def observe_predictions(self, labels: list[str], probabilities: list[float], model_seconds: float) -> None:
-        self.model_time.observe(model_seconds)
+    def observe_predictions(self, labels: list[str], probabilities: list[float]) -> None:
         for label, p in zip(labels, probabilities, strict=True):
             self.predictions.labels(label).inc()
             self.probability.observe(p)
 
     def observe_phases(self, phases: dict[str, float]) -> None:
+        """One request's Server-Timing phases; its model phase is also the model-time histogram's sample."""
         for phase, seconds in phases.items():
             self.phases.labels(phase).observe(seconds)
+        if "model" in phases:
+            self.model_time.observe(phases["model"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
