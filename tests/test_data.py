@@ -133,3 +133,19 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     files = discover_split(tmp_path, "train")
     with pytest.raises(DataError, match=r"cannot decode image .*broken.png"):
         load_store(files, 8)
+
+
+def test_class_subfolders_are_sources(tmp_path: Path) -> None:
+    """`ai_generated/<generator>/...` and `real/<source>/...` are listed, at any depth, with the first subfolder
+    as the source; images straight in a class folder have the class name as theirs; hidden folders are skipped."""
+    for rel in ("test/real/a.png", "test/real/phone/b.png", "test/real/phone/2024/c.png",
+                "test/ai_generated/sdxl/d.png", "test/ai_generated/midjourney/e.png",
+                "test/ai_generated/.cache/f.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    split = discover_split(tmp_path, "test")
+    got = {p.relative_to(tmp_path).as_posix(): (y, s) for p, y, s in zip(split.paths, split.labels, split.sources,
+                                                                      strict=True)}
+    assert got == {"test/real/a.png": (0, "real"), "test/real/phone/b.png": (0, "phone"),
+                   "test/real/phone/2024/c.png": (0, "phone"), "test/ai_generated/midjourney/e.png": (1, "midjourney"),
+                   "test/ai_generated/sdxl/d.png": (1, "sdxl")}

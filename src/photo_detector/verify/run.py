@@ -84,11 +84,13 @@ def _walk(root: Path, findings: list[Finding]) -> list[_File]:
                 findings.append(Finding("layout", "error", f"class folder {class_dir} is missing",
                                         [str(class_dir)]))
                 continue
+            # Subfolders of a class folder are its sources (layout.source_of); any depth is kept.
             for p in sorted(class_dir.rglob("*")):
                 if p.is_dir():
                     continue
                 rel = p.relative_to(root).as_posix()
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.parent == class_dir:
+                if p.suffix.lower() in IMAGE_EXTENSIONS and not any(
+                        part.startswith(".") for part in p.relative_to(class_dir).parts):
                     files.append(_File(split, label, p, rel))
                 else:
                     stray.append(rel)
