@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from photo_detector.config import GateConfig
 from photo_detector.gate import run_gate
+
+# The absolute thresholds alone (the default config also judges robustness: see tests/test_robustness.py).
+GateConfig = partial(GateConfig, robustness={})
 
 
 def test_passes_at_thresholds_and_records_the_rule() -> None:

@@ -36,8 +36,9 @@ class Preprocess:
 
 
 # 1: the first layout; 2: adds `training` (epochs run, why training stopped, logs) and the export-from-
-# checkpoint fields. Older versions are read (their new fields take defaults); newer ones are refused.
-MODEL_FORMAT_VERSION = 2
+# checkpoint fields; 3: adds `calibration` (the temperature built into the graph, the chosen threshold and
+# how it was chosen). Older versions are read (their new fields take defaults); newer ones are refused.
+MODEL_FORMAT_VERSION = 3
 _REQUIRED = ("model_file", "framework", "image_size", "preprocess", "thresholds")
 
 
@@ -63,6 +64,7 @@ class ModelRecord:
     checkpoint_file: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     smoke_images: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # temperature, threshold, ECE before/after
     source_checkpoint: str | None = None
     source_checkpoint_sha256: str | None = None
     onnx_parity_max_abs_diff: float | None = None
@@ -74,6 +76,11 @@ class ModelRecord:
     @property
     def classification_threshold(self) -> float:
         return float(self.thresholds.get("classification", 0.5))
+
+    @property
+    def temperature(self) -> float:
+        """What the graph divides the network's logit by (1 for a model exported before calibration)."""
+        return float(self.calibration.get("temperature", 1.0))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = METADATA) -> ModelRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ def _spec(*, lo: float | None = None, hi: float | None = None, lo_open: bool = F
 
 
 def _f(default: Any, **spec: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=_spec(**spec))
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=_spec(**spec))
     return field(default=default, metadata=_spec(**spec))
 
 
@@ -108,6 +109,10 @@ class AugmentationConfig:
     random_crop: bool = _f(True)
     jpeg_probability: float = _f(0.0, lo=0.0, hi=1.0)
     jpeg_quality: list[int] = _f([60, 100], lo=1, hi=100, length=2)
+    downscale_probability: float = _f(0.0, lo=0.0, hi=1.0)
+    downscale_range: list[float] = _f([0.25, 0.75], lo=0.05, hi=1.0, length=2)
+    blur_probability: float = _f(0.0, lo=0.0, hi=1.0)
+    blur_sigma: list[float] = _f([0.2, 1.5], lo=0.0, hi=20.0, length=2)
     color_jitter: ColorJitterConfig = field(default_factory=ColorJitterConfig)
 
 
@@ -116,6 +121,18 @@ class ThresholdsConfig:
     classification: float = _f(0.5, lo=0.0, hi=1.0, lo_open=True)
     high_confidence: float = _f(0.8, lo=0.0, hi=1.0)
     low_confidence: float = _f(0.3, lo=0.0, hi=1.0)
+    target_fpr: float | None = _f(None, lo=0.0, hi=0.5, lo_open=True)
+
+
+@dataclass
+class EvaluateConfig:
+    perturbations: list[str] = _f(["jpeg_q90", "jpeg_q75", "jpeg_q50", "webp_q80", "downscale_0.5",
+                                   "downscale_0.25", "crop_0.8", "blur_1.0"])
+    max_images_per_perturbation: int = _f(2000, lo=0, hi=100_000_000)
+    bootstrap_samples: int = _f(1000, lo=0, hi=100_000)
+    confidence: float = _f(0.95, lo=0.5, hi=0.999)
+    calibration_bins: int = _f(15, lo=2, hi=1000)
+    workers: int = _f(0, lo=0, hi=256)
 
 
 @dataclass
@@ -124,12 +141,16 @@ class GateConfig:
     min_f1: float = _f(0.80, lo=0.0, hi=1.0)
     champion_from_registry: bool = _f(True)
     fail_run_on_reject: bool = _f(True)
+    use_lower_bound: bool = _f(False)
+    min_source_accuracy: float | None = _f(None, lo=0.0, hi=1.0)
+    robustness: dict[str, float] = _f({"jpeg_q75": 0.80, "webp_q80": 0.80}, lo=0.0, hi=1.0)
 
 
 @dataclass
 class ExportConfig:
     opset: int = _f(18, lo=13, hi=23)
     parity_tolerance: float = _f(1e-4, lo=0.0, hi=1.0, lo_open=True)
+    calibrate: bool = _f(True)
 
 
 @dataclass
@@ -202,6 +223,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -247,13 +269,26 @@ def _unknown_key(key: str, valid: list[str], source: str) -> ConfigError:
                        f"{hint}valid keys here: {', '.join(valid)}")
 
 
+@functools.cache
+def _map_keys(cls: type = Config, prefix: str = "") -> set[str]:
+    """Dotted keys whose value is a mapping of the user's own names (gate.robustness): replaced whole by an
+    override, never merged key by key like a section."""
+    out: set[str] = set()
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out |= _map_keys(tp, f"{prefix}{name}.")
+        elif typing.get_origin(tp) is dict:
+            out.add(f"{prefix}{name}")
+    return out
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         dotted = f"{prefix}{key}"
         if key not in base:
             raise _unknown_key(dotted, [f"{prefix}{k}" for k in base], source)
-        if isinstance(base[key], dict):
+        if isinstance(base[key], dict) and dotted not in _map_keys():
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' in {source} must be a mapping of "
                                   f"{', '.join(base[key])}", f"got {value!r}")
@@ -368,6 +403,10 @@ def _check(key: str, value: Any, tp: Any, spec: Any) -> Any:
             return None
         inner = next(a for a in args if a is not type(None))
         return _check(key, value, inner, spec)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping", f"got {value!r}")
+        return {str(k): _check(f"{key}.{k}", v, args[1], spec) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key '{key}' must be a list", f"got {value!r}")
@@ -415,10 +454,18 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.warmup_epochs > 0:
         raise ConfigError(f"config key 'train.warmup_epochs' ({cfg.train.warmup_epochs}) must be smaller than "
                           f"'train.epochs' ({cfg.train.epochs})", "lower warmup_epochs or raise epochs")
-    lo, hi = cfg.augmentation.jpeg_quality
-    if lo > hi:
-        raise ConfigError("config key 'augmentation.jpeg_quality' must be [low, high] with low <= high",
-                          f"got {cfg.augmentation.jpeg_quality}")
+    for key in ("augmentation.jpeg_quality", "augmentation.downscale_range", "augmentation.blur_sigma"):
+        lo, hi = cfg.get(key)
+        if lo > hi:
+            raise ConfigError(f"config key '{key}' must be [low, high] with low <= high", f"got {cfg.get(key)}")
+    from photo_detector.perturb import parse_all
+
+    parse_all(cfg.evaluate.perturbations)
+    missing = [name for name in cfg.gate.robustness if name not in cfg.evaluate.perturbations]
+    if missing:
+        raise ConfigError(f"config key 'gate.robustness' names {', '.join(missing)}, which "
+                          "'evaluate.perturbations' does not list",
+                          "add it to evaluate.perturbations, or remove it from gate.robustness")
     if cfg.deploy.min_instances > cfg.deploy.max_instances:
         raise ConfigError("config key 'deploy.min_instances' must be <= 'deploy.max_instances'",
                           f"got {cfg.deploy.min_instances} > {cfg.deploy.max_instances}")

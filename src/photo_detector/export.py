@@ -65,14 +65,19 @@ def spatial_means_as_pooling(onnx_file: str | Path) -> int:
 
 
 class _WithProbability(nn.Module):
-    """Exported graph: logits and sigmoid probabilities, so consumers need no post-processing math."""
+    """Exported graph: calibrated logits (the network's divided by the fitted temperature) and their sigmoid
+    probabilities, so every consumer (evaluate, serve, score, batch prediction) gets the calibrated
+    probability from the graph itself and needs no post-processing math."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.inv_temperature = float(1.0 / temperature)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logit = self.model(x)
+        if self.inv_temperature != 1.0:
+            logit = logit * self.inv_temperature
         return logit, torch.sigmoid(logit)
 
 
@@ -84,11 +89,12 @@ class ExportResult:
 
 
 def export_onnx(model: nn.Module, inputs: np.ndarray, path: str | Path, *, opset: int,
-                tolerance: float) -> ExportResult:
-    """Export `model` (eval mode, fp32, CPU) to `path` and check it against torch on `inputs` (real images)."""
+                tolerance: float, temperature: float = 1.0) -> ExportResult:
+    """Export `model` (eval mode, fp32, CPU), its logits divided by `temperature`, to `path` and check it
+    against torch on `inputs` (real images)."""
     path = Path(path)
     model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
-    wrapper = _WithProbability(model).eval()
+    wrapper = _WithProbability(model, temperature).eval()
     example = torch.from_numpy(inputs[:2].copy())
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -124,12 +130,16 @@ def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Prep
     from photo_detector.smoke import write_smoke_images
 
     out = Path(out)
+    model = model.to("cpu", memory_format=torch.contiguous_format).float().eval()
+    calibration = calibrate(model, images, labels, pp, cfg)
     inputs = eval_transform(uint8_nchw(torch.from_numpy(np.array(images[:128]))), pp)
     exported = export_onnx(model, inputs.numpy().astype(np.float32), out / ONNX, opset=cfg.export.opset,
-                           tolerance=cfg.export.parity_tolerance)
+                           tolerance=cfg.export.parity_tolerance, temperature=calibration["temperature"])
+    thresholds = {k: v for k, v in cfg.thresholds.__dict__.items() if v is not None}
+    thresholds["classification"] = calibration["threshold"]
     record = ModelRecord(
-        model_file=ONNX, framework="onnx", image_size=cfg.data.image_size, preprocess=pp,
-        thresholds=dict(cfg.thresholds.__dict__), model_name=cfg.model.name, class_names=tuple(CLASS_NAMES),
+        model_file=ONNX, framework="onnx", image_size=cfg.data.image_size, preprocess=pp, calibration=calibration,
+        thresholds=thresholds, model_name=cfg.model.name, class_names=tuple(CLASS_NAMES),
         config=cfg.to_dict(), onnx_parity_max_abs_diff=exported.max_abs_diff, photo_detector_version=__version__,
         torch_version=torch.__version__, created_at=datetime.now(UTC).isoformat(timespec="seconds"), **extra)
     write_record(out, record)
@@ -137,6 +147,53 @@ def export_model_folder(model: nn.Module, out: str | Path, cfg: Config, pp: Prep
     record = record.replace(smoke_images=write_smoke_images(out, images, labels))
     write_record(out, record)
     return record
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, images: np.ndarray, pp: Preprocess, batch: int = 64) -> np.ndarray:
+    """The network's raw logits on uint8 squares (N, S, S, 3), read a batch at a time (memory-mapped
+    stores stay on disk)."""
+    from photo_detector.data.augment import eval_transform, uint8_nchw
+
+    out = [np.zeros(0, np.float64)]
+    for i in range(0, len(images), batch):
+        x = eval_transform(uint8_nchw(torch.from_numpy(np.array(images[i:i + batch]))), pp)
+        out.append(model(x).double().reshape(-1).numpy())
+    return np.concatenate(out)
+
+
+def calibrate(model: nn.Module, images: np.ndarray, labels: np.ndarray, pp: Preprocess,
+              cfg: Config) -> dict[str, Any]:
+    """Temperature and operating threshold, both from the validation split: the temperature (when
+    export.calibrate) minimises the log loss; with thresholds.target_fpr the threshold is the lowest whose
+    false-positive rate on validation is within the target, else thresholds.classification. Returns what
+    model.json records (the numbers before and after, so the report can show what calibration did)."""
+    from photo_detector.evalstats import fit_temperature, reliability, sigmoid, threshold_for_fpr
+
+    labels = np.asarray(labels).astype(int)
+    raw = _logits(model, images, pp)
+    temperature = fit_temperature(raw, labels) if cfg.export.calibrate else 1.0
+    before, after = sigmoid(raw), sigmoid(raw / temperature)
+    bins = cfg.evaluate.calibration_bins
+    out: dict[str, Any] = {"temperature": temperature, "val_images": len(labels),
+                           "val_ece_before": reliability(before, labels, bins)["ece"],
+                           "val_ece_after": reliability(after, labels, bins)["ece"],
+                           "target_fpr": cfg.thresholds.target_fpr}
+    target = cfg.thresholds.target_fpr
+    if target is not None and (labels == 0).any():
+        threshold = threshold_for_fpr(after, labels, target)
+        out["threshold_rule"] = f"lowest threshold with validation FPR <= {target:g}"
+    else:
+        threshold = cfg.thresholds.classification
+        out["threshold_rule"] = "thresholds.classification"
+    real, ai = after[labels == 0], after[labels == 1]
+    out.update(threshold=float(threshold),
+               val_fpr=float(np.mean(real >= threshold)) if len(real) else float("nan"),
+               val_tpr=float(np.mean(ai >= threshold)) if len(ai) else float("nan"))
+    log.info("calibration on %d validation images: temperature %.3f (ECE %.4f -> %.4f); threshold %.4f (%s): "
+             "validation FPR %.4f, TPR %.4f", len(labels), temperature, out["val_ece_before"], out["val_ece_after"],
+             threshold, out["threshold_rule"], out["val_fpr"], out["val_tpr"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -37,6 +37,16 @@ def onnx_probabilities(session: Any, inputs: np.ndarray, batch_size: int = 64) -
     return np.concatenate(out) if out else np.empty(0, np.float32)
 
 
+def onnx_outputs(session: Any, inputs: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's (calibrated) logits and probabilities for a float32 NCHW batch, in one run per chunk."""
+    logits, probs = [np.empty(0, np.float32)], [np.empty(0, np.float32)]
+    for i in range(0, len(inputs), batch_size):
+        z, p = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs[i:i + batch_size]})
+        logits.append(z.reshape(-1))
+        probs.append(p.reshape(-1))
+    return np.concatenate(logits), np.concatenate(probs)
+
+
 def content_version(onnx_path: str | Path) -> str:
     """The model's version from its bytes: the same export always gets the same version, so re-deploying it
     changes nothing."""
@@ -71,3 +81,7 @@ class LoadedModel:
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         return onnx_probabilities(self.session, inputs)
+
+    def outputs(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and probabilities together (evaluate measures calibration from the logits)."""
+        return onnx_outputs(self.session, inputs)

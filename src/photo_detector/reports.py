@@ -67,22 +67,65 @@ def training_report(history: list[dict[str, float]], record: ModelRecord) -> str
     return _page("Training", f"<img alt='curves' src='data:image/png;base64,{img}'>{_table(rows)}")
 
 
-def evaluation_report(result: dict[str, Any]) -> str:
-    """Headline metrics, the confusion matrix and the ROC curve of one evaluated split."""
+def _curves(result: dict[str, Any]) -> str:
+    """ROC, precision-recall and the reliability diagram (before and after the temperature), side by side."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(result["roc_fpr"], result["roc_tpr"], label=f"ROC AUC {result['roc_auc']:.4f}")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend()
-    img = _figure_png(fig)
+    fig, (roc, pr, rel) = plt.subplots(1, 3, figsize=(15, 4.6))
+    roc.plot(result["roc_fpr"], result["roc_tpr"], label=f"ROC AUC {result['roc_auc']:.4f}")
+    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc.axvline(result.get("fpr", float("nan")), color="red", linestyle="--", label="at the threshold")
+    roc.set(xlabel="false positive rate (real flagged)", ylabel="true positive rate", title="ROC")
+    pr.plot(result.get("pr_recall", []), result.get("pr_precision", []),
+            label=f"AP {result.get('average_precision', float('nan')):.4f}")
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall", ylim=(0, 1.02))
+    for key, name in (("reliability_uncalibrated", "before"), ("reliability", "after")):
+        r = result.get(key) or {}
+        pts = [(p, f) for p, f, n in zip(r.get("mean_probability", []), r.get("fraction_ai_generated", []),
+                                         r.get("count", []), strict=True) if n]
+        if pts:
+            rel.plot(*zip(*pts, strict=True), marker="o", label=f"{name} calibration (ECE {r['ece']:.4f})")
+    rel.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    rel.set(xlabel="mean predicted P(ai_generated)", ylabel="share ai_generated", title="reliability",
+            xlim=(0, 1), ylim=(0, 1))
+    for ax in (roc, pr, rel):
+        ax.legend(loc="lower right", fontsize=8)
+    return _figure_png(fig)
+
+
+def evaluation_report(result: dict[str, Any]) -> str:
+    """Headline metrics with intervals, the confusion matrix, the robustness suite, the per-source slices,
+    and the ROC, precision-recall and reliability curves of one evaluated split."""
+    from photo_detector.evaltables import html as frame_html
+    from photo_detector.evaltables import robustness_frame, sources_frame
+
+    img = _curves(result)
     cm = result["confusion_matrix"]
     head = "".join(f"<th>pred {html.escape(c)}</th>" for c in CLASS_NAMES)
     body = "".join(f"<tr><th>true {html.escape(c)}</th>" + "".join(f"<td>{n}</td>" for n in row) + "</tr>"
                    for c, row in zip(CLASS_NAMES, cm, strict=True))
-    rows = [(k, result[k]) for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "threshold")]
-    rows += [("split", result["split"]), ("images", result["n_images"])]
-    return _page(f"Evaluation on {result['split']}",
-                 f"{_table(rows)}<h2>Confusion matrix</h2><table><tr><th></th>{head}</tr>{body}</table>"
-                 f"<h2>ROC</h2><img alt='roc' src='data:image/png;base64,{img}'>")
+    iv = result.get("intervals", {})
+
+    def value(k: str) -> str:
+        v = _fmt(result[k])
+        return f"{v} [{iv[k][0]:.4f}, {iv[k][1]:.4f}]" if k in iv else v
+
+    rows = [(k, value(k)) for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision",
+                                    "threshold", "fpr", "tpr") if k in result]
+    rows += [(f"TPR at FPR {float(f):.0%}", t) for f, t in result.get("tpr_at_fpr", {}).items()]
+    rows += [("temperature", result.get("temperature", 1.0)), ("ECE before calibration",
+                                                               result.get("ece_uncalibrated", float("nan"))),
+             ("ECE after calibration", result.get("ece", float("nan"))),
+             ("split", result["split"]), ("images", result["n_images"])]
+    worst = result.get("worst_source")
+    sections = [f"{_table(rows)}<p>Intervals: {result.get('confidence', 0.95):.0%} (Wilson for proportions, "
+                "bootstrap for F1 and ROC AUC); FPR: real photos flagged, TPR: ai_generated photos flagged.</p>",
+                f"<h2>Confusion matrix</h2><table><tr><th></th>{head}</tr>{body}</table>"]
+    if result.get("robustness"):
+        sections.append("<h2>Robustness</h2><p>The split as stored, then each perturbation (applied to the "
+                        "decoded image before the shared preprocessing).</p>" + frame_html(robustness_frame(result)))
+    if result.get("sources"):
+        sections.append(f"<h2>Sources</h2><p>Worst: <b>{html.escape(str(worst))}</b>.</p>"
+                        + frame_html(sources_frame(result)))
+    sections.append(f"<h2>Curves</h2><img alt='ROC, precision-recall and reliability curves' "
+                    f"src='data:image/png;base64,{img}'>")
+    return _page(f"Evaluation on {result['split']}", "".join(sections))

@@ -23,7 +23,7 @@ from torch import nn
 
 from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, LOGS, ONNX
 from photo_detector.config import Config, from_dict
-from photo_detector.data.augment import BatchAugment, eval_transform, jpeg_recompress, uint8_nchw
+from photo_detector.data.augment import BatchAugment, degrade, eval_transform, jpeg_recompress, uint8_nchw
 from photo_detector.data.layout import discover_split
 from photo_detector.data.packed import dataset_digest, is_packed, read_manifest, read_packed
 from photo_detector.data.store import ImageStore, load_store, store_size_for
@@ -287,6 +287,8 @@ class _Trainer:
         self.jpeg_gen = torch.Generator().manual_seed(cfg.seed + 3)
         self.dropout_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 4)
         self.jpeg = cfg.augmentation.jpeg_probability > 0
+        # Shrink-and-restore and blur draw from the JPEG generator: off, they leave its sequence untouched.
+        self.degrade = cfg.augmentation.downscale_probability > 0 or cfg.augmentation.blur_probability > 0
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def _to_device(self, store: ImageStore) -> torch.Tensor:
@@ -331,10 +333,12 @@ class _Trainer:
         yb = self.train_y[idx].to(self.device, non_blocking=True)
         # The store's device is "cuda:0" where self.device is "cuda", so compare types: same type means
         # the store lives where training runs and augment reads the batch from it in place.
-        if self.train_x.device.type == self.device.type and not self.jpeg:
+        if self.train_x.device.type == self.device.type and not (self.jpeg or self.degrade):
             inputs = self.augment(self.train_x, channels_last=self.channels_last, index=idx, draw=draw)
-        else:  # a copy of the batch: pinned host store, or JPEG re-compression (never of the store itself)
+        else:  # a copy of the batch: pinned host store, degradations or JPEG (never of the store itself)
             xb = self.train_x[idx]
+            if self.degrade:
+                xb = degrade(xb, cfg.augmentation, self.jpeg_gen, part=self.rows, total=self.batch_size)
             if self.jpeg:
                 a = cfg.augmentation
                 xb = jpeg_recompress(xb, a.jpeg_probability, (a.jpeg_quality[0], a.jpeg_quality[1]),

@@ -221,3 +221,44 @@ def jpeg_recompress(x: torch.Tensor, probability: float, quality: tuple[int, int
         batch[k] = np.asarray(Image.open(buf).convert("RGB"))
     x[rows.to(x.device)] = torch.from_numpy(batch).permute(0, 3, 1, 2).to(x.device)
     return x
+
+
+def _gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    k = torch.exp(-(t * t) / (2 * sigma * sigma))
+    return k / k.sum()
+
+
+def degrade(x: torch.Tensor, cfg: AugmentationConfig, generator: torch.Generator, part: slice | None = None,
+            total: int | None = None) -> torch.Tensor:
+    """Shrink-and-restore and Gaussian blur for a random share of a uint8 NCHW batch: what the evaluate
+    stage's `downscale_*` and `blur_*` perturbations test. Why: a detector trained on full-resolution images
+    only learns fine high-frequency traces that a marketplace's resize or a soft focus erases (on the sample
+    data such a model called every half-size real photo ai_generated). A picked image is shrunk by a factor
+    from `downscale_range` (antialiased) and resized back, and/or blurred with a sigma from `blur_sigma`.
+    Works on the given tensor (pass a copy of the store's rows); `part`/`total` as in `jpeg_recompress`."""
+    n = total or x.shape[0]
+    lo, hi = cfg.downscale_range
+    shrink = torch.rand(n, generator=generator) < cfg.downscale_probability
+    factor = torch.rand(n, generator=generator) * (hi - lo) + lo
+    lo, hi = cfg.blur_sigma
+    blur = torch.rand(n, generator=generator) < cfg.blur_probability
+    sigma = torch.rand(n, generator=generator) * (hi - lo) + lo
+    if part is not None:
+        shrink, factor, blur, sigma = shrink[part], factor[part], blur[part], sigma[part]
+    size = x.shape[-1]
+    for i in (shrink | blur).nonzero().flatten().tolist():
+        img = x[i:i + 1].float()
+        if shrink[i]:
+            small = max(1, round(size * float(factor[i])))
+            img = F.interpolate(img, size=(small, small), mode="bilinear", align_corners=False, antialias=True)
+            img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
+        if blur[i] and float(sigma[i]) > 0:
+            k = _gaussian_kernel(float(sigma[i]), x.device)
+            pad = len(k) // 2
+            img = F.pad(img, (pad, pad, pad, pad), mode="replicate")
+            img = F.conv2d(img, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+            img = F.conv2d(img, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+        x[i] = img.round_().clamp_(0, 255).to(torch.uint8)[0]
+    return x
