@@ -92,7 +92,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
 
         # The verified dataset, not the import: quarantined or broken files are never scored.
         evaluated = evaluate_op(model=trained.outputs["model"], dataset=verified.outputs["verified"],
-                                split=eval_split)
+                                split=eval_split, config_overrides=config_overrides)
         evaluated.set_display_name("evaluate").set_retry(p.retries)
 
         gate = gate_op(metrics=evaluated.outputs["metrics"], min_accuracy=min_accuracy, min_f1=min_f1,
@@ -106,6 +106,7 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
         with dsl.If(gate.outputs["Output"] == True, name="gate-passed"), \
                 dsl.If(auto_deploy == True, name="auto-deploy"):  # noqa: E712 - kfp conditions, not Python bools
             deployed = deploy_op(model=trained.outputs["model"], metrics=evaluated.outputs["metrics"],
+                                 evaluation=evaluated.outputs["evaluation"],
                                  serve_image=serve_image, service_name=service_name, region=region, project=project,
                                  dry_run=deploy_dry_run, pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                  pipeline_job=job,

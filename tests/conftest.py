@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network: there is none here
@@ -134,3 +135,61 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         root.removeHandler(handler)
         root.setLevel(level)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def texture_onnx(path: Path, size: int, bias: float, scale: float) -> None:
+    """An ONNX "detector" that knows one thing: P(ai_generated) = sigmoid(scale * (bias - E)), E the mean
+    absolute difference of horizontally neighbouring input values. The sample data's real photos carry sensor
+    noise (high E) and its ai_generated images are smooth renders (low E), so it separates them as stored; any
+    shrink or blur erases the noise and every real photo then looks ai_generated. A model that collapses
+    under `downscale_0.5` by construction, whatever the CPU (no training involved)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: list[int] | list[float], dtype: type = np.int64) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+    nodes = [
+        helper.make_node("Slice", ["image", "one", "end", "axis3"], ["right"]),
+        helper.make_node("Slice", ["image", "zero", "last", "axis3"], ["left"]),
+        helper.make_node("Sub", ["right", "left"], ["diff"]),
+        helper.make_node("Abs", ["diff"], ["adiff"]),
+        helper.make_node("ReduceMean", ["adiff", "axes"], ["energy"], keepdims=0),
+        helper.make_node("Sub", ["bias", "energy"], ["margin"]),
+        helper.make_node("Mul", ["margin", "scale"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["probability"]),
+    ]
+    inits = [const("one", [1]), const("zero", [0]), const("end", [size]), const("last", [size - 1]),
+             const("axis3", [3]), const("axes", [1, 2, 3]), const("bias", [bias], np.float32),
+             const("scale", [scale], np.float32)]
+    graph = helper.make_graph(
+        nodes, "texture", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"]),
+         helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def texture_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
+    """A model folder around `texture_onnx`, its bias halfway between the class means of E on the validation
+    split (from the data, as smoke_model's last layer is)."""
+    from photo_detector.artifacts import ONNX, ModelRecord, Preprocess, write_record
+    from photo_detector.data.layout import discover_split
+    from photo_detector.preprocess import preprocess_files
+
+    pp = Preprocess(40, 40, 32)
+    val = discover_split(sample_dir, "val")
+    x = preprocess_files(list(val.paths), pp)
+    energy = np.abs(x[:, :, :, 1:] - x[:, :, :, :-1]).mean(axis=(1, 2, 3))
+    labels = np.asarray(val.labels)
+    real, ai = float(energy[labels == 0].mean()), float(energy[labels == 1].mean())
+    assert real > ai, (real, ai)  # what the sample data is made to be
+    out = tmp_path_factory.mktemp("runs") / "texture-model"
+    out.mkdir()
+    texture_onnx(out / ONNX, pp.crop_size, bias=(real + ai) / 2, scale=8.0 / (real - ai))
+    write_record(out, ModelRecord(model_file=ONNX, framework="onnx", image_size=pp.crop_size, preprocess=pp,
+                                  thresholds={"classification": 0.5, "high_confidence": 0.8, "low_confidence": 0.3},
+                                  model_name="texture"))
+    return out

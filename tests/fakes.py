@@ -224,6 +224,23 @@ def _models_route(self: FakeVertex, req: Request) -> tuple[int, Any]:
         wanted = re.search(r'display_name="([^"]+)"', (req.query.get("filter") or [""])[0])
         latest = [vs[-1] for vs in models.values() if not wanted or vs[-1]["displayName"] == wanted.group(1)]
         return 200, {"models": latest}
+    m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/models/[^/@:%]+)(?:(?:@|%40)([^/:]+))?"
+                     r"/evaluations:import", req.path)
+    if m and req.method == "POST":  # ModelService.ImportModelEvaluation onto a version (id or alias)
+        version = next((v for v in models.get(m.group(1), []) if m.group(2) in (None, v["versionId"])
+                        or m.group(2) in v["versionAliases"]), None)
+        if version is None:
+            return 404, {"error": {"code": 404, "message": f"model {m.group(1)}@{m.group(2)} not found",
+                                   "status": "NOT_FOUND"}}
+        body = req.body["modelEvaluation"]
+        if not body.get("metricsSchemaUri", "").startswith("gs://google-cloud-aiplatform/schema/modelevaluation/"):
+            return 400, {"error": {"code": 400, "message": "metrics_schema_uri is required",
+                                   "status": "INVALID_ARGUMENT"}}
+        evaluations = version.setdefault("evaluations", [])
+        made = {**body, "name": f"{m.group(1)}/evaluations/{len(evaluations) + 1}",
+                "createTime": "2026-11-25T10:00:00Z"}
+        evaluations.append(made)
+        return 200, made
     m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+/models/[^/@:]+)(?:@([^/:]+))?", req.path)
     if m and req.method == "GET" and m.group(1) in models:
         ref = m.group(2)

@@ -73,7 +73,8 @@ def test_evaluate_component(kfp_local: Path, sample_dir: Path, trained_dir: Path
     def p() -> dsl.ClassificationMetrics:
         model = dsl.importer(artifact_uri=str(trained_dir), artifact_class=dsl.Model)
         data = dsl.importer(artifact_uri=str(sample_dir), artifact_class=dsl.Dataset)
-        return evaluate(model=model.output, dataset=data.output).outputs["classification_metrics"]
+        return evaluate(model=model.output, dataset=data.output,
+                        config_overrides={}).outputs["classification_metrics"]
 
     cm = p().output.metadata
     matrix = cm["confusionMatrix"]
@@ -83,7 +84,9 @@ def test_evaluate_component(kfp_local: Path, sample_dir: Path, trained_dir: Path
 
 
 @pytest.mark.parametrize(("metrics", "passed"), [
-    ({"accuracy": 0.9, "f1": 0.85}, True),
+    ({"accuracy": 0.9, "f1": 0.85, "jpeg_q75_accuracy": 0.9, "webp_q80_accuracy": 0.81}, True),
+    ({"accuracy": 0.9, "f1": 0.85, "jpeg_q75_accuracy": 0.9, "webp_q80_accuracy": 0.79}, False),  # robustness
+    ({"accuracy": 0.9, "f1": 0.85}, False),  # no robustness metrics: fails closed
     ({"accuracy": 0.9, "f1": 0.79}, False),
     ({"accuracy": "NaN", "f1": 0.9}, False),  # protobuf metadata cannot carry a float NaN
     ({"f1": 0.9}, False),

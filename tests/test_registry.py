@@ -86,3 +86,24 @@ def test_gate_stage_compares_with_the_registry_champion(registry: FakeVertex, tm
     record = json.loads((tmp_path / "d").read_text())
     assert record["rule"].startswith("absolute thresholds and not worse than the champion")
     assert any(c["name"] == "champion_accuracy" and not c["passed"] for c in record["checks"])
+
+
+def test_evaluation_import_retries_a_5xx_and_names_a_missing_version(registry: FakeVertex) -> None:
+    from google.api_core import exceptions as gexc
+
+    from photo_detector.cloud.registry import import_evaluation
+
+    first = register(1, 0.9)
+    result = {"roc_auc": 0.97, "average_precision": 0.96, "confusion_matrix": [[9, 1], [0, 10]],
+              "roc_fpr": [0.0, 0.1, 1.0], "roc_tpr": [0.0, 1.0, 1.0], "roc_thresholds": [1.0, 0.6, 0.0],
+              "class_names": ["real", "ai_generated"], "split": "test", "n_images": 20, "threshold": 0.5}
+    registry.fail("POST", r"evaluations:import$", 503)
+    cfg = load_config()
+    name = import_evaluation(resolve(cfg), first["resource_name"], first["version_id"], result)
+    assert name.endswith("/evaluations/1") and len(registry.calls("POST", r"evaluations:import$")) == 2
+    metrics = registry.state["models"][first["resource_name"]][0]["evaluations"][0]["metrics"]
+    at = {p["confidenceThreshold"]: p for p in metrics["confidenceMetrics"]}
+    assert at[0.5]["recall"] == 1.0 and at[0.5]["falsePositiveRate"] == 0.1 and at[0.5]["falsePositiveCount"] == 1
+    assert at[0.7]["recall"] == 0.0 and metrics["auPrc"] == 0.96
+    with pytest.raises(gexc.NotFound, match="not found"):
+        import_evaluation(resolve(cfg), first["resource_name"], "9", result)

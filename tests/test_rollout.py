@@ -211,7 +211,7 @@ def test_deploy_dry_run_plan_is_a_valid_run_v2_service(smoke_model: Path, tmp_pa
     assert body["name"] == "projects/proj/locations/us-central1/services/photo-detector"
 
 
-def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, good_service, tmp_path,
+def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, smoke_data, good_service, tmp_path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
@@ -230,7 +230,13 @@ def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, 
         model = SimpleNamespace(uri="gs://runs/root/train/model", path=str(smoke_model), metadata={})
         metrics = dsl.Metrics(uri=str(tmp_path / "metrics"), metadata={"accuracy": 0.91, "f1": 0.9})
         deployment = dsl.Artifact(uri=str(tmp_path / "deployment"))
-        stages.deploy(model, metrics, deployment, serve_image=SERVE_IMAGE, dry_run=False,
+        from photo_detector.config import load_config
+        from photo_detector.evaluate import run_evaluate
+
+        evaluation = dsl.Artifact(uri=str(tmp_path / "evaluation"))
+        evaluated = run_evaluate(smoke_model, smoke_data, out_dir=evaluation.path,
+                                 cfg=load_config(None, {"evaluate.perturbations": ["jpeg_q75", "webp_q80"]}))
+        stages.deploy(model, metrics, deployment, serve_image=SERVE_IMAGE, dry_run=False, evaluation=evaluation,
                       pipeline_run="photo-detector-training-7",
                       config_overrides={"gcp.region": "europe-west4"}, service_name="detector",
                       region="europe-west4", project="proj")
@@ -244,3 +250,15 @@ def test_deploy_stage_rolls_out_then_registers_the_champion(cloud, smoke_model, 
     assert upload["labels"]["pipeline_run"] == "photo-detector-training-7"
     assert json.loads(upload["versionDescription"])["metrics"] == {"accuracy": 0.91, "f1": 0.9}
     assert meta["registry_version"] == "1"
+    # The evaluation the gate passed is on that version: the console's Evaluate tab shows it.
+    (imported,) = vertex.calls("POST", r"evaluations:import$")
+    assert imported.path.replace("%40", "@").endswith(f"{meta['registry_model']}@1/evaluations:import")
+    body = imported.body["modelEvaluation"]
+    assert body["metricsSchemaUri"].endswith("/modelevaluation/classification_metrics_1.0.0.yaml")
+    assert body["metrics"]["auRoc"] == pytest.approx(evaluated.roc_auc)
+    assert body["metrics"]["confusionMatrix"]["rows"] == evaluated.confusion_matrix
+    steps = [p["confidenceThreshold"] for p in body["metrics"]["confidenceMetrics"]]
+    assert steps[0] == 0.0 and steps[-1] == 0.99 and len(steps) == 24
+    assert body["metadata"]["pipeline_job_id"] == "photo-detector-training-7"
+    assert set(body["metadata"]["robustness"]) == {"clean", "jpeg_q75", "webp_q80"}
+    assert meta["registry_evaluation"].endswith("/evaluations/1")

@@ -39,6 +39,7 @@ from photo_detector.progress import progress
 log = logging.getLogger(__name__)
 
 EVAL_FILE = "eval.json"
+PREDICTIONS_FILE = "predictions.csv"  # every clean file's probability: which images fail, and why
 BATCH = 64
 FPR_POINTS = (0.01, 0.05)  # operating points the report gives the true-positive rate at
 
@@ -70,6 +71,7 @@ class EvalResult:
     temperature: float = 1.0
     ece: float = float("nan")  # of the served (calibrated) probabilities
     ece_uncalibrated: float = float("nan")  # of the network's own, before the temperature
+    log_loss: float = float("nan")  # of the served probabilities
     reliability: dict[str, Any] = field(default_factory=dict)
     reliability_uncalibrated: dict[str, Any] = field(default_factory=dict)
     robustness: list[dict[str, Any]] = field(default_factory=list)  # one row per pass: clean, then each
@@ -278,13 +280,29 @@ def run_evaluate(model_dir: str | Path, data_dir: str | Path, *, split: str = "t
 
         write_json_atomic(Path(out_dir) / EVAL_FILE, result.to_dict())
         write_tables(result.to_dict(), out_dir)
+        _write_predictions(Path(out_dir) / PREDICTIONS_FILE, files, probs, threshold)
     return result
+
+
+def _write_predictions(path: Path, files: SplitFiles, probs: np.ndarray, threshold: float) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "label", "source", "probability", "prediction"])
+    sources = files.sources or tuple(CLASS_NAMES[y] for y in files.labels)
+    for p, y, src, prob in zip(files.paths, files.labels, sources, probs, strict=True):
+        writer.writerow([str(p), CLASS_NAMES[y], src, f"{prob:.6f}", CLASS_NAMES[int(prob >= threshold)]])
+    from photo_detector.io import write_text_atomic
+
+    write_text_atomic(path, buf.getvalue())
 
 
 def _result(split: str, files: SplitFiles, labels: np.ndarray, logits: np.ndarray, probs: np.ndarray,
             threshold: float, seconds: float, left_out: dict[str, int], passes: list[dict[str, Any]],
             temperature: float, cfg: Config) -> EvalResult:
-    from sklearn.metrics import precision_recall_curve
+    from sklearn.metrics import log_loss, precision_recall_curve
 
     ec = cfg.evaluate
     m = compute_metrics(probs, labels, threshold, ec.confidence)
@@ -296,6 +314,7 @@ def _result(split: str, files: SplitFiles, labels: np.ndarray, logits: np.ndarra
     calibrated = reliability(probs, labels, ec.calibration_bins)
     # The network's own probabilities: the graph's logit is already divided by the temperature.
     raw = reliability(sigmoid(logits.astype(np.float64) * temperature), labels, ec.calibration_bins)
+    loss = float(log_loss(labels, np.clip(probs, 1e-7, 1 - 1e-7), labels=[0, 1])) if len(labels) else float("nan")
     sources = source_rows(list(files.sources) or [CLASS_NAMES[y] for y in labels], probs, labels, threshold,
                           ec.confidence)
     return EvalResult(
@@ -303,7 +322,8 @@ def _result(split: str, files: SplitFiles, labels: np.ndarray, logits: np.ndarra
         images_per_second=len(labels) / seconds if seconds else 0.0, **m,
         tpr_at_fpr={f"{f:g}": tpr_at_fpr(probs, labels, f) for f in FPR_POINTS},
         pr_precision=list(map(float, pr_p)), pr_recall=list(map(float, pr_r)), temperature=temperature,
-        ece=calibrated["ece"], ece_uncalibrated=raw["ece"], reliability=calibrated, reliability_uncalibrated=raw,
+        ece=calibrated["ece"], ece_uncalibrated=raw["ece"], log_loss=loss,
+        reliability=calibrated, reliability_uncalibrated=raw,
         robustness=passes, sources=sources, worst_source=sources[0]["source"] if sources else None)
 
 

@@ -29,8 +29,11 @@ def perturbation_key(name: str, metric: str) -> str:
     return f"{name}_{metric}"
 
 
+SOURCE_PREFIX = "source_"
+
+
 def source_key(name: str, metric: str = "accuracy") -> str:
-    return f"source_{name}_{metric}"
+    return f"{SOURCE_PREFIX}{name}_{metric}"
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -114,7 +117,7 @@ def run_gate(metrics: dict[str, Any], cfg: GateConfig, champion: dict[str, Any] 
             check.name, key, None, minimum, False, f"{key} is missing: was {name} in the evaluate stage's "
             "evaluate.perturbations? (fails closed)"))
     if cfg.min_source_accuracy is not None:
-        prefix, suffix = source_key(""), "_accuracy" + (LOW if lower else "")
+        prefix, suffix = SOURCE_PREFIX, "_accuracy" + (LOW if lower else "")
         keys = sorted(k for k in metrics if k.startswith(prefix) and k.endswith(suffix))
         if not keys:
             checks.append(Check("min_source_accuracy", "source_*_accuracy", None, cfg.min_source_accuracy, False,

@@ -205,22 +205,30 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
 
 
 @_stage("evaluate")
-def evaluate(model: Any, dataset: Any, metrics: Any, classification_metrics: Any, report: Any, *,
-             split: str) -> tuple[None, dict[str, Any]]:
+def evaluate(model: Any, dataset: Any, metrics: Any, classification_metrics: Any, report: Any, summary: Any,
+             evaluation: Any, *, split: str, config_overrides: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+    from photo_detector.evaltables import summary_markdown
     from photo_detector.evaluate import run_evaluate
     from photo_detector.reports import evaluation_report
 
-    result = run_evaluate(model.path, dataset.path, split=split)
-    _log_metrics(metrics, {**result.metrics, "n_images": result.n_images, "threshold": result.threshold,
+    cfg = stage_config(config_overrides)
+    result = run_evaluate(model.path, dataset.path, split=split, out_dir=evaluation.path, cfg=cfg)
+    full = result.to_dict()
+    _log_metrics(metrics, {**result.metrics, "n_images": result.n_images,
                            **{f"left_out_{why}": n for why, n in result.left_out.items()}})
     classification_metrics.log_confusion_matrix(list(CLASS_NAMES), result.confusion_matrix)
     step = max(1, math.ceil(len(result.roc_fpr) / ROC_POINTS))
     idx = sorted({*range(0, len(result.roc_fpr), step), len(result.roc_fpr) - 1}) if result.roc_fpr else []
     classification_metrics.log_roc_curve([result.roc_fpr[i] for i in idx], [result.roc_tpr[i] for i in idx],
                                          [result.roc_thresholds[i] for i in idx])
-    write_text_atomic(report.path, evaluation_report(result.to_dict()))
-    return None, {**result.metrics, "split": split, "n_images": result.n_images, "left_out": result.left_out,
-                  "report": report.path}
+    write_text_atomic(report.path, evaluation_report(full))
+    write_text_atomic(summary.path, summary_markdown(full))
+    evaluation.metadata.update({"split": split, "n_images": result.n_images, "worst_source": result.worst_source,
+                                "perturbations": [r["perturbation"] for r in result.robustness[1:]]})
+    return None, {"accuracy": result.accuracy, "f1": result.f1, "roc_auc": result.roc_auc, "split": split,
+                  "n_images": result.n_images, "left_out": result.left_out, "report": report.path,
+                  "worst_source": result.worst_source,
+                  "robustness": {r["perturbation"]: round(r["accuracy"], 4) for r in result.robustness[1:]}}
 
 
 @_stage("quality-gate")
@@ -254,7 +262,8 @@ def quality_gate(metrics: Any, decision: Any, *, champion_metrics: dict[str, Any
 
 @_stage("deploy")
 def deploy(model: Any, metrics: Any, deployment: Any, *, serve_image: str, dry_run: bool, pipeline_run: str,
-           config_overrides: dict[str, Any], pipeline_job: str = "", **params: Any) -> tuple[None, dict[str, Any]]:
+           config_overrides: dict[str, Any], pipeline_job: str = "", evaluation: Any = None,
+           **params: Any) -> tuple[None, dict[str, Any]]:
     from photo_detector.cloud.deploy import run_deploy, run_scope, target
 
     cfg = stage_config(config_overrides, **params)
@@ -279,5 +288,13 @@ def deploy(model: Any, metrics: Any, deployment: Any, *, serve_image: str, dry_r
             data_digest=record.data_digest, pipeline_run=pipeline_run, model_version=result.model_version)
         info["registry_model"] = registered["resource_name"]
         info["registry_version"] = registered["version_id"]
+        if evaluation is not None:  # the console's Evaluate tab of that version shows what the gate passed
+            from photo_detector.cloud.registry import import_evaluation
+            from photo_detector.evaluate import EVAL_FILE
+
+            result = json.loads((Path(evaluation.path) / EVAL_FILE).read_text(encoding="utf-8"))
+            info["registry_evaluation"] = import_evaluation(settings, registered["resource_name"],
+                                                            registered["version_id"], result,
+                                                            pipeline_run=pipeline_run)
     deployment.metadata.update({k: v for k, v in info.items() if v is not None})
     return None, {**{k: v for k, v in info.items() if v is not None}, "plan": deployment.path}

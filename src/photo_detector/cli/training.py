@@ -39,16 +39,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from photo_detector.evaltables import markdown, robustness_frame, summary_markdown
     from photo_detector.evaluate import run_evaluate
 
-    res = run_evaluate(args.model, args.data, split=args.split, threshold=args.threshold, out_dir=args.out)
+    res = run_evaluate(args.model, args.data, split=args.split, threshold=args.threshold, out_dir=args.out,
+                       cfg=config_from(args))
+    result = res.to_dict()
+    if args.out is not None:
+        from photo_detector.io import write_text_atomic
+        from photo_detector.reports import evaluation_report
+
+        write_text_atomic(args.out / "report.html", evaluation_report(result))
     if args.json:
-        print(json.dumps(res.to_dict(), indent=2))
-    else:
-        cm = res.confusion_matrix
-        print(f"{res.split} ({res.n_images} images): accuracy {res.accuracy:.4f}  precision {res.precision:.4f}"
-              f"  recall {res.recall:.4f}  f1 {res.f1:.4f}  roc_auc {res.roc_auc:.4f}\n"
-              f"confusion (rows true real/ai, cols predicted): {cm[0]} {cm[1]}")
+        print(json.dumps(result, indent=2))
+        return 0
+    cm = res.confusion_matrix
+    print(summary_markdown(result).split("\n## Robustness")[0].rstrip())
+    print(f"- confusion (rows true real/ai, cols predicted): {cm[0]} {cm[1]}\n")
+    print(markdown(robustness_frame(result)))
+    if args.out is not None:
+        print(f"\nwrote {args.out}: eval.json, evaluation.md, report.html, robustness.csv|md|html, "
+              "sources.csv|md|html")
     return 0
 
 
@@ -120,8 +131,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset folder")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--threshold", type=float, help="classification threshold (default: the model's)")
-    p.add_argument("--out", type=Path, help="write eval.json here")
+    p.add_argument("--out", type=Path, help="write eval.json, the tables and report.html here")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_config_args(p)  # evaluate.* (perturbations, sample cap, intervals) and seed
     p.set_defaults(func=cmd_evaluate)
 
 

@@ -83,3 +83,59 @@ def champion_metrics(settings: Settings, cfg: Config) -> dict[str, float] | None
     except (TypeError, ValueError, KeyError):
         raise PhotoDetectorError(f"the champion {name} has no metrics in its version description",
                                  "register it with photo-detector (deploy), or pass champion_metrics") from None
+
+
+CLASSIFICATION_SCHEMA = "gs://google-cloud-aiplatform/schema/modelevaluation/classification_metrics_1.0.0.yaml"
+CONFIDENCE_STEPS = [i / 100 for i in range(0, 100, 5)] + [0.96, 0.97, 0.98, 0.99]  # the schema's documented grid
+
+
+def evaluation_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation (`eval.json`) in the classification-metrics schema the console's Evaluate tab reads:
+    AU-ROC, AU-PRC, log loss, the confusion matrix and metrics at the schema's confidence thresholds (read off
+    the ROC points, whose thresholds are the model's calibrated probabilities)."""
+    fpr, tpr, thr = result["roc_fpr"], result["roc_tpr"], result["roc_thresholds"]
+    (tn, fp), (fn, tp) = result["confusion_matrix"]
+    positives, negatives = tp + fn, tn + fp
+    points = []
+    for step in CONFIDENCE_STEPS:
+        # ROC thresholds fall; the last point whose threshold is >= the step is the rate at that threshold.
+        k = max((i for i, t in enumerate(thr) if t >= step), default=None)
+        r, f = (tpr[k], fpr[k]) if k is not None else (0.0, 0.0)
+        tp_k, fp_k = r * positives, f * negatives
+        precision = tp_k / (tp_k + fp_k) if tp_k + fp_k else 1.0
+        points.append({"confidenceThreshold": step, "recall": r, "precision": precision, "falsePositiveRate": f,
+                       "f1Score": 2 * precision * r / (precision + r) if precision + r else 0.0,
+                       "truePositiveCount": round(tp_k), "falsePositiveCount": round(fp_k),
+                       "falseNegativeCount": round(positives - tp_k), "trueNegativeCount": round(negatives - fp_k)})
+    out = {"auRoc": result["roc_auc"], "auPrc": result.get("average_precision"), "confidenceMetrics": points,
+           "confusionMatrix": {"annotationSpecs": [{"id": str(i), "displayName": n}
+                                                   for i, n in enumerate(result.get("class_names", []))],
+                               "rows": result["confusion_matrix"]}}
+    if "log_loss" in result:
+        out["logLoss"] = result["log_loss"]
+    return {k: v for k, v in out.items() if v is not None and v == v}  # NaN (one class) is not JSON
+
+
+def import_evaluation(settings: Settings, model_resource: str, version_id: str, result: dict[str, Any], *,
+                      pipeline_run: str = "") -> str:
+    """Attach an evaluation to a registered model version (ModelService.ImportModelEvaluation), so the
+    console's Evaluate tab shows it beside the version; returns the evaluation's resource name."""
+    from google.cloud import aiplatform_v1
+    from google.protobuf import json_format, struct_pb2
+
+    client = settings.vertex_client(aiplatform_v1.ModelServiceClient)
+    metrics = json_format.ParseDict(evaluation_metrics(result), struct_pb2.Value())
+    metadata = json_format.ParseDict({"pipeline_job_id": pipeline_run, "evaluation_dataset_type": "image-folder",
+                                      "split": result.get("split", ""), "images": result.get("n_images", 0),
+                                      "threshold": result.get("threshold"),
+                                      "robustness": {r["perturbation"]: r["accuracy"]
+                                                     for r in result.get("robustness", [])},
+                                      "worst_source": result.get("worst_source") or ""}, struct_pb2.Value())
+    evaluation = aiplatform_v1.ModelEvaluation(
+        display_name=f"{result.get('split', 'test')} split" + (f" ({pipeline_run})" if pipeline_run else ""),
+        metrics_schema_uri=CLASSIFICATION_SCHEMA, metrics=metrics, metadata=metadata)
+    parent = f"{model_resource}@{version_id}"
+    made = with_retries("importing the model evaluation", lambda: client.import_model_evaluation(
+        parent=parent, model_evaluation=evaluation))
+    log.info("imported evaluation %s onto %s", made.name, parent)
+    return made.name

@@ -278,6 +278,7 @@ async def model_info(request: Request) -> Response:
     return JSONResponse({
         "model_version": model.version, "model_name": r.model_name, "source": state.source,
         "image_size": r.image_size, "class_names": list(r.class_names), "thresholds": r.thresholds,
+        "calibration": r.calibration,
         "val_metrics": r.val_metrics, "eval_metrics": r.eval_metrics, "data_digest": r.data_digest,
         "created_at": r.created_at, "format_version": r.format_version, "service_version": __version__,
         "request_id": request.state.request_id})
