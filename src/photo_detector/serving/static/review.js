@@ -24,6 +24,10 @@
     return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
   }
 
+  function fileSize(bytes) {
+    return bytes < 1024 * 1024 ? `${Math.max(1, Math.round(bytes / 1024))} KB` : megabytes(bytes);
+  }
+
   function formatNames() {
     const names = (model && model.limits && model.limits.formats) || FALLBACK_FORMATS;
     return names.map((n) => (n === "WEBP" ? "WebP" : n)).join(", ");
@@ -38,7 +42,7 @@
       text = "Wrong key: the service refused this API key (401). Enter the key again.";
     } else if (status === 413) {
       const limit = limits
-        ? ` The limit is ${megabytes(limits.max_body_bytes)} per upload and ` +
+        ? ` This service takes up to ${megabytes(limits.max_body_bytes)} per upload and ` +
           `${(limits.max_image_pixels / 1e6).toFixed(0)} megapixels per image.`
         : "";
       text = `Too large (413): ${said}.${limit}`;
@@ -234,6 +238,7 @@
     form.append("file", file, file.name);
     try {
       const { body, serverTiming, roundTrip } = await call("/v1/explain", { method: "POST", body: form });
+      $(".error", card).hidden = true;
       const summary = showOverlay(card, body);
       status.textContent = `${summary} (${timingText(serverTiming, roundTrip)})`;
     } catch (err) {
@@ -257,7 +262,7 @@
     const img = $(".photo-img", card);
     img.src = URL.createObjectURL(file);
     img.alt = `The photo ${file.name}`;
-    $(".file-name", card).textContent = `${file.name} · ${megabytes(file.size)}`;
+    $(".file-name", card).textContent = `${file.name} · ${fileSize(file.size)}`;
     $(".explain-button", card).addEventListener("click", () => explain(card, file));
     $(".overlay-toggle", card).addEventListener("click", () => toggleOverlay(card));
     $("#results").prepend(card);
@@ -276,6 +281,7 @@
       showPrediction(card, body, serverTiming, roundTrip);
     } catch (err) {
       $(".verdict", card).textContent = "No verdict";
+      card.classList.add("no-verdict");
       showError(card, err.message);
       if (err.status === 401) showKeyStatus(err.message, true);
     }
