@@ -285,7 +285,7 @@ def _explain_file(state: ServiceState, data: bytes, timing: Timing) -> dict[str,
             crop = decode_crop(img, pp)
     except ImageRejected as exc:
         raise ClientError(exc.status, exc.message) from None
-    out = occlusion_map(model, crop, state.cfg.serve.explain_grid, timing)
+    out = occlusion_map(model, crop, state.cfg.serve.explain_grid, timing, state.cfg.serve.max_batch_files)
     return {**out, "region": crop_region(*img.size, pp.resize_size, pp.crop_size)}
 
 

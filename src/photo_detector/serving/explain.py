@@ -2,12 +2,16 @@
 
 The crop the model sees is cut into a grid x grid of cells; for each cell a copy of the image has that cell
 painted with the normalisation's mean colour (a neutral grey, exactly 0 after normalisation, so the model
-sees "nothing" there rather than a colour). The unchanged image and every occluded copy go to ONNX Runtime
-as one batch, and a cell's value is how much the ai_generated probability drops when it is hidden:
+sees "nothing" there rather than a colour). The unchanged image and every occluded copy are one batch for
+ONNX Runtime, and a cell's value is how much the ai_generated probability drops when it is hidden:
     delta[row][col] = p(image) - p(image with that cell grey)
 Positive: that region pushed the score towards ai_generated; negative: towards real. It needs nothing but
-the exported model and `/predict`'s preprocessing (no gradients, so no torch), and costs one batch of
-grid² + 1 images, about 50x a /predict for the default 7 x 7 (benchmarks/serve.py reports it).
+the exported model and `/predict`'s preprocessing (no gradients, so no torch); benchmarks/serve.py reports
+its cost against /predict's.
+
+The batch runs in chunks of at most `serve.max_batch_files` images, the largest batch /predict/batch runs:
+ONNX Runtime keeps its memory arena at the largest batch it has seen, and the 50 images of a 7 x 7 map in
+one call took the service from 130 MiB to 1.5 GiB (over Cloud Run's 1 GiB), against 0.5 GiB in chunks of 16.
 """
 
 from __future__ import annotations
@@ -49,14 +53,16 @@ def crop_region(width: int, height: int, resize_size: int, crop_size: int) -> di
     return {"left": left / width, "top": top / height, "width": inner / width, "height": inner / height}
 
 
-def occlusion_map(model: LoadedModel, crop: np.ndarray, grid: int, timing: Timing) -> dict[str, Any]:
-    """The sensitivity map of one uint8 HWC crop (what `/predict` feeds the model) and its probability."""
+def occlusion_map(model: LoadedModel, crop: np.ndarray, grid: int, timing: Timing,
+                  chunk: int) -> dict[str, Any]:
+    """The sensitivity map of one uint8 HWC crop (what `/predict` feeds the model) and its probability; the
+    batch runs `chunk` images per ONNX Runtime call."""
     pp = model.preprocess
     with timing.phase("occlude"):
         x = normalise([crop], pp)
         batch = occluded_batch(x, grid, np.zeros(3, np.float32))  # the mean colour, normalised, is 0
     with timing.phase("occluded_model"):  # not "model": /metrics' model-time histogram is about /predict calls
-        probs = onnx_probabilities(model.session, batch, batch_size=len(batch))  # one ONNX Runtime call
+        probs = onnx_probabilities(model.session, batch, batch_size=chunk)
     base = float(probs[0])
     delta = (base - probs[1:]).reshape(grid, grid)
     rounded = np.round(delta, 6) + 0.0  # + 0.0: no "-0.0" in the JSON
