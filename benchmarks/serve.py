@@ -313,8 +313,9 @@ def main() -> None:
 
         port = free_port()
         env = {**os.environ, "PHOTO_DETECTOR_API_KEY_HASHES": hash_key(key)}
+        # A long time limit: on a loaded machine an explain is slow, and a slow number says more than a 503.
         cmd = [sys.executable, "-m", "photo_detector", "serve", "--model", str(model_dir), "--port", str(port),
-               "--host", "127.0.0.1"]
+               "--host", "127.0.0.1", "--set", "serve.request_timeout_seconds=300"]
         if args.explain_only:
             proc, _ = start(cmd, port, data, headers, env)
             try:
