@@ -247,6 +247,15 @@ def test_the_page_in_chromium_shows_predict_s_answer_and_the_map(browser, live: 
     assert status.startswith("Key accepted"), status
     assert KEY not in driver.current_url and driver.execute_script(
         "return sessionStorage.getItem('photo-detector.api-key')") == KEY
+    # From the keyboard: Tab goes from the key box past its two buttons to the file picker.
+    from selenium.webdriver.common.keys import Keys
+
+    driver.find_element(By.ID, "key-input").click()
+    order = []
+    for _ in range(3):
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+        order.append(driver.switch_to.active_element.get_attribute("id"))
+    assert order == ["key-save", "key-forget", "file-input"], order
 
     upload(driver, photo_file(live, smoke_data, tmp_path, "real"))
     path = photo_file(live, smoke_data, tmp_path, "ai_generated")
