@@ -12,6 +12,9 @@ crop and normalisation, the wire (the same body sent by the same client to a bar
 with one receive buffer: loopback and client cost, which no server code can save) and the request path
 (HTTP parsing, routing, body read and multipart beyond the wire, thread hand-offs, JSON): what is left.
 Also (issue #5): eager torch serving the same model at 224 px, cold start, concurrency 8, memory.
+And `POST /v1/explain` (the occlusion map: grid² + 1 images, max_batch_files per ONNX call) on the 1600x1067 photo: its
+p50 and the ratio to /predict's p50 on the same photo, same server, same run (`--explain-only` measures just
+these two).
 The model has random weights (latency does not depend on them), exported like training exports it.
 """
 
@@ -136,8 +139,8 @@ def start(cmd: list[str], port: int, data: bytes, headers: dict[str, str],
             time.sleep(0.005)
 
 
-def latencies(port: int, data: bytes, headers: dict[str, str], n: int) -> tuple[np.ndarray, np.ndarray,
-                                                                             dict[str, np.ndarray]]:
+def latencies(port: int, data: bytes, headers: dict[str, str], n: int, route: str = "/predict",
+              warm: int = 5) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Sequential /predict latencies, the server-reported model times and Server-Timing phases (ms), with a
     lean client: the multipart body is encoded once, so the numbers are the server's, not the Python
     client's encoding."""
@@ -151,15 +154,15 @@ def latencies(port: int, data: bytes, headers: dict[str, str], n: int) -> tuple[
     hdrs = {**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     out, model_ms, phases = [], [], []
-    for i in range(n + 5):
+    for i in range(n + warm):
         t = time.perf_counter()
-        conn.request("POST", "/predict", body=body, headers=hdrs)
+        conn.request("POST", route, body=body, headers=hdrs)
         r = conn.getresponse()
         payload = r.read()
         assert r.status == 200, payload
-        if i >= 5:
+        if i >= warm:
             out.append((time.perf_counter() - t) * 1000)
-            model_ms.append(json.loads(payload)["inference_time_ms"])
+            model_ms.append(json.loads(payload).get("inference_time_ms", 0.0))
             phases.append(parse_server_timing(r.getheader("server-timing") or ""))
     conn.close()
     return np.asarray(out), np.asarray(model_ms), {k: np.asarray([p.get(k, 0.0) for p in phases])
@@ -233,6 +236,35 @@ async def concurrent(port: int, data: bytes, headers: dict[str, str], n: int, co
     return n / (time.perf_counter() - t), errors
 
 
+EXPLAIN_INPUT = "1600x1067 JPEG q90"
+
+
+def explain_vs_predict(port: int, data: bytes, headers: dict[str, str], n: int) -> dict[str, float]:
+    """/v1/explain and /predict on the same photo, alternating blocks so machine drift hits both alike."""
+    explain_ms, predict_ms, batch_ms, model_ms = [], [], [], []
+    for _ in range(3):
+        lat, _, phases = latencies(port, data, headers, max(1, n // 3), "/v1/explain", warm=1)
+        explain_ms += list(lat)
+        batch_ms += list(phases["occluded_model"])
+        lat, _, phases = latencies(port, data, headers, max(10, n), "/predict", warm=2)
+        predict_ms += list(lat)
+        model_ms += list(phases["model"])
+    e50, p50 = float(np.median(explain_ms)), float(np.median(predict_ms))
+    return {"explain_p50_ms": e50, "explain_p99_ms": float(np.percentile(explain_ms, 99)), "predict_p50_ms": p50,
+            "explain_to_predict_p50": e50 / p50, "explain_batch_model_p50_ms": float(np.median(batch_ms)),
+            "predict_model_p50_ms": float(np.median(model_ms)), "explain_requests": len(explain_ms)}
+
+
+def print_explain(ex: dict[str, float], grid: int, chunk: int, rss: float) -> None:
+    per_image = ex["explain_batch_model_p50_ms"] / (grid * grid + 1)
+    print(f"/v1/explain ({grid}x{grid} grid = {grid * grid + 1} images, {chunk} per ONNX call) on the {EXPLAIN_INPUT}, "
+          f"{len(os.sched_getaffinity(0))} cores, {ex['explain_requests']} requests")
+    print(f"  p50 {ex['explain_p50_ms']:.1f} ms, p99 {ex['explain_p99_ms']:.1f} ms; /predict on the same photo "
+          f"p50 {ex['predict_p50_ms']:.2f} ms; ratio {ex['explain_to_predict_p50']:.1f}x")
+    print(f"  the batch's model time p50 {ex['explain_batch_model_p50_ms']:.1f} ms = {per_image:.2f} ms per image "
+          f"vs {ex['predict_model_p50_ms']:.2f} ms for /predict's batch of 1; service RSS {rss:.0f} MiB after")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=200)
@@ -240,6 +272,8 @@ def main() -> None:
                                                    "without the exporter's packages)")
     ap.add_argument("--make-model", type=Path, help="export the benchmark model and inputs into this folder, exit")
     ap.add_argument("--raw-onnx", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--explain-only", action="store_true",
+                    help="measure only /v1/explain against /predict on the same photo (a few minutes less)")
     args = ap.parse_args()
     if args.make_model:
         make_model(args.make_model)
@@ -266,6 +300,12 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--make-model", str(model_dir)], check=True)
         data = (model_dir / "x.jpg").read_bytes()
         inputs = [(model_dir / f"input{i}.bin").read_bytes() for i in range(len(INPUTS))]
+        photo = inputs[list(INPUTS).index(EXPLAIN_INPUT)]
+        from photo_detector.config import load_config
+
+        serve_cfg = load_config(None, {}).serve
+        grid, chunk = serve_cfg.explain_grid, serve_cfg.max_batch_files
+        explain_n = max(9, args.requests // 10)
         floors = json.loads(subprocess.run([sys.executable, __file__, "--raw-onnx", str(model_dir), "--requests",
                                             str(min(args.requests, 60))], check=True, capture_output=True,
                                            text=True).stdout)
@@ -273,8 +313,20 @@ def main() -> None:
 
         port = free_port()
         env = {**os.environ, "PHOTO_DETECTOR_API_KEY_HASHES": hash_key(key)}
+        # A long time limit: on a loaded machine an explain is slow, and a slow number says more than a 503.
         cmd = [sys.executable, "-m", "photo_detector", "serve", "--model", str(model_dir), "--port", str(port),
-               "--host", "127.0.0.1"]
+               "--host", "127.0.0.1", "--set", "serve.request_timeout_seconds=300"]
+        if args.explain_only:
+            proc, _ = start(cmd, port, data, headers, env)
+            try:
+                ex = explain_vs_predict(port, photo, headers, explain_n)
+                rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+            finally:
+                proc.terminate()
+                proc.wait()
+            print_explain(ex, grid, chunk, rss)
+            print(json.dumps({**ex, "explain_grid": grid, "explain_chunk": chunk, "rss_mib_after_explain": rss}))
+            return
         transport = transport_ms(inputs, 60)  # type: ignore[arg-type]
         proc, cold = start(cmd, port, data, headers, env)
         try:
@@ -283,6 +335,8 @@ def main() -> None:
                      for i, blob in enumerate(inputs)]
             rps, errors = asyncio.run(concurrent(port, data, headers, args.requests, 8))
             rss = psutil.Process(proc.pid).memory_info().rss / 2**20
+            ex = explain_vs_predict(port, photo, headers, explain_n)
+            explain_rss = psutil.Process(proc.pid).memory_info().rss / 2**20
         finally:
             proc.terminate()
             proc.wait()
@@ -336,6 +390,8 @@ def main() -> None:
           f"{(tm50 + rest) / (m50 + rest):.2f}x with this request path")
     print(f"  cold start to first /predict: {cold:.2f} s (target <= 1 s; eager torch server: {torch_cold:.2f} s)")
     print(f"  concurrency 8: {rps:.1f} req/s, {errors} errors; service RSS {rss:.0f} MiB")
+    print_explain(ex, grid, chunk, explain_rss)
+    result.update(ex, explain_grid=grid, explain_chunk=chunk, rss_mib_after_explain=explain_rss)
     print(json.dumps(result))
 
 

@@ -31,6 +31,9 @@ def test_the_built_wheel_holds_every_module_and_config(tmp_path: Path) -> None:
                                    "photo_detector/cloud/rollout.py", "photo_detector/serving/app.py",
                                    "photo_detector/configs/default.yaml"} <= set(expected)
     assert sorted(m for m in expected if m not in names) == []
+    static = ROOT / "src" / "photo_detector" / "serving" / "static"
+    page = sorted(f"photo_detector/serving/static/{f.name}" for f in static.iterdir())
+    assert len(page) >= 3 and [f for f in page if f not in names] == []  # the review page at / ships too
     assert not any(n.startswith(("tests/", "tools/", "benchmarks/", "components/", "pipelines/")) for n in names)
 
 

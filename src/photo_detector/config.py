@@ -182,6 +182,7 @@ class ServeConfig:
     max_image_pixels: int = _f(40_000_000, lo=1024, hi=268_435_456)
     request_timeout_seconds: float = _f(10.0, lo=0.1, hi=3600.0)
     threads: int = _f(0, lo=0, hi=256)
+    explain_grid: int = _f(7, lo=2, hi=10)  # /v1/explain: grid x grid occluded copies + the image
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The HTTP service: `POST /predict`, `POST /predict/batch`, `POST /v1/predict` (the Vertex AI protocol),
-`GET /model`, `GET /health`, `GET /metrics` (Prometheus).
+`POST /v1/explain` (occlusion map), `GET /model`, `GET /health`, `GET /metrics` (Prometheus), and the
+review page at `/` (serving.page).
 
 Torch-free on purpose (cold start, image size): ONNX Runtime runs the exported model and
 `photo_detector.preprocess` prepares images exactly as the evaluate stage did, so what was gated is served.
@@ -35,8 +36,10 @@ from photo_detector.config import Config
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.inference import LoadedModel
 from photo_detector.preprocess import decode_crop, normalise
+from photo_detector.serving import page
 from photo_detector.serving.auth import KeyChecker
-from photo_detector.serving.images import ImageRejected, open_image
+from photo_detector.serving.explain import crop_region, occlusion_map
+from photo_detector.serving.images import ALLOWED, ImageRejected, open_image
 from photo_detector.serving.instances import InstanceError, instance_bytes, parse_instances
 from photo_detector.serving.metrics import ServiceMetrics
 from photo_detector.serving.middleware import KeyAuth, RequestContext
@@ -271,16 +274,51 @@ async def predict_instances(request: Request) -> Response:
                     "model_version": model.version}, timing)
 
 
+def _explain_file(state: ServiceState, data: bytes, timing: Timing) -> dict[str, Any]:
+    """/predict's decode and preprocessing, then the occlusion map, and where the map lies on the image."""
+    model = _model(state)
+    pp = model.preprocess
+    try:
+        with timing.phase("decode"):
+            img = open_image(data, max_pixels=state.cfg.serve.max_image_pixels, draft_size=pp.store_size)
+        with timing.phase("resize"):
+            crop = decode_crop(img, pp)
+    except ImageRejected as exc:
+        raise ClientError(exc.status, exc.message) from None
+    out = occlusion_map(model, crop, state.cfg.serve.explain_grid, timing, state.cfg.serve.max_batch_files)
+    return {**out, "region": crop_region(*img.size, pp.resize_size, pp.crop_size)}
+
+
+async def explain(request: Request) -> Response:
+    """The occlusion-sensitivity map of one image (serving.explain), within the request time limit."""
+    state = _state(request)
+    model = _model(state)
+    timing = Timing()
+    with timing.phase("read"):
+        blobs = await _files(request, "file", 1)
+    if len(blobs) != 1:
+        raise ClientError(400, "send exactly one 'file'; /v1/explain maps one image per request")
+    out = await _in_worker(state, _explain_file, blobs[0], timing)
+    t, p = model.thresholds, out["probability"]
+    return _answer(state, {**out, "probability": round(p, 6), "prediction": label_for(p, t),
+                           "confidence": confidence_for(p, t), "threshold": t.classification,
+                           "model_version": model.version, "request_id": request.state.request_id}, timing)
+
+
 async def model_info(request: Request) -> Response:
     state = _state(request)
     model = _model(state)
     r = model.record
+    serve_cfg = state.cfg.serve
     return JSONResponse({
         "model_version": model.version, "model_name": r.model_name, "source": state.source,
         "image_size": r.image_size, "class_names": list(r.class_names), "thresholds": r.thresholds,
         "calibration": r.calibration,
         "val_metrics": r.val_metrics, "eval_metrics": r.eval_metrics, "data_digest": r.data_digest,
         "created_at": r.created_at, "format_version": r.format_version, "service_version": __version__,
+        "limits": {"max_body_bytes": serve_cfg.max_body_bytes, "max_image_pixels": serve_cfg.max_image_pixels,
+                   "max_batch_files": serve_cfg.max_batch_files, "formats": list(ALLOWED),
+                   "explain_grid": serve_cfg.explain_grid},
         "request_id": request.state.request_id})
 
 
@@ -337,8 +375,9 @@ class Routes:
 
 def create_app(source: str, cfg: Config, keys: KeyChecker, *, load_in_background: bool = True,
                routes: Routes | None = None) -> Starlette:
-    """The service. Every route is private (X-API-Key) unless `Routes.public` lists it; /metrics is open to
-    loopback clients only (the Prometheus sidecar on Cloud Run scrapes over localhost)."""
+    """The service. Every route is private (X-API-Key) unless `Routes.public` or the review page's files
+    (`page.PUBLIC`) list it; /metrics is open to loopback clients only (the Prometheus sidecar on Cloud Run
+    scrapes over localhost)."""
     from starlette.exceptions import HTTPException
 
     routes = routes or Routes.from_env()
@@ -346,13 +385,15 @@ def create_app(source: str, cfg: Config, keys: KeyChecker, *, load_in_background
     table = [Route("/health", health, methods=["GET"]), Route("/metrics", metrics, methods=["GET"]),
              Route("/model", model_info, methods=["GET"]), Route("/predict", predict, methods=["POST"]),
              Route("/predict/batch", predict_batch, methods=["POST"]),
-             Route(routes.predict_instances, predict_instances, methods=["POST"])]
+             Route(routes.predict_instances, predict_instances, methods=["POST"]),
+             Route("/v1/explain", explain, methods=["POST"]), *page.routes()]
     if routes.health != "/health":
         table.append(Route(routes.health, health, methods=["GET"]))
     app = Starlette(
         routes=table,
         middleware=[Middleware(RequestContext, metrics=state.metrics, routes=[r.path for r in table]),
-                    Middleware(KeyAuth, keys=keys, public=routes.public, loopback_public={"/metrics"})],
+                    Middleware(KeyAuth, keys=keys, public=routes.public | page.PUBLIC,
+                               loopback_public={"/metrics"})],
         exception_handlers={ClientError: _on_client_error, HTTPException: _on_http, Exception: _on_unexpected},
     )
     app.state.service = state
