@@ -17,8 +17,7 @@ from starlette.routing import Route
 from photo_detector.artifacts import read_record
 from photo_detector.config import from_dict
 from photo_detector.model import build_model
-from photo_detector.preprocess import decode_square, to_model_input
-from photo_detector.serving.images import open_image
+from photo_detector.preprocess import decode_square, open_image, to_model_input
 from photo_detector.serving.multipart import file_parts
 
 

@@ -111,8 +111,7 @@ def floor_parts(model_dir: Path, data: bytes, n: int) -> dict[str, float]:
     """In a torch-free process that loads the model as the service does: the model (raw ORT) and the decode
     of this file."""
     from photo_detector.inference import LoadedModel
-    from photo_detector.preprocess import decode_crop, normalise
-    from photo_detector.serving.images import open_image
+    from photo_detector.preprocess import decode_crop, normalise, open_image
 
     model = LoadedModel.load(model_dir)
     pp = model.preprocess

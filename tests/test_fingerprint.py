@@ -13,6 +13,13 @@ from photo_detector.errors import DataError
 from photo_detector.fingerprint import fingerprint
 
 
+def gcs_fingerprint(uri: str):
+    """What the fingerprint stage does for gs://: the edge lists, the library digests the listing."""
+    from photo_detector.cloud.gcs import listing
+
+    return fingerprint(uri, listing(uri))
+
+
 @pytest.fixture
 def gcs() -> Iterator[object]:
     from fakes import fake_gcs
@@ -33,19 +40,19 @@ def test_gcs_fingerprint_follows_names_and_bytes_only(gcs) -> None:
     for i in range(5):
         put(gcs, f"set/train/real/{i}.png", bytes([i]) * 100)
     put(gcs, "other/x.png", b"outside the prefix")
-    first = fingerprint("gs://data/set")
+    first = gcs_fingerprint("gs://data/set")
     assert first.files == 5 and first.bytes == 500 and first.digest.startswith("fp:")
     put(gcs, "set/train/real/2.png", bytes([2]) * 100)  # re-uploaded, same bytes: a new generation only
     put(gcs, "other/y.png", b"elsewhere")
-    assert fingerprint("gs://data/set").digest == first.digest
+    assert gcs_fingerprint("gs://data/set").digest == first.digest
     put(gcs, "set/train/real/2.png", bytes([9]) * 100)  # same size, other bytes
-    changed = fingerprint("gs://data/set").digest
+    changed = gcs_fingerprint("gs://data/set").digest
     assert changed != first.digest
     gcs.copy_blob(gcs.blob("set/train/real/2.png"), gcs, "set/train/real/2b.png")
     gcs.delete_blob("set/train/real/2.png")  # renamed
-    assert fingerprint("gs://data/set").digest not in (first.digest, changed)
+    assert gcs_fingerprint("gs://data/set").digest not in (first.digest, changed)
     with pytest.raises(DataError, match="is empty"):
-        fingerprint("gs://data/nothing")
+        gcs_fingerprint("gs://data/nothing")
 
 
 def test_local_fingerprint_follows_content(sample_dir: Path, tmp_path: Path) -> None:

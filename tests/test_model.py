@@ -70,15 +70,20 @@ def test_pretrained_from_gcs(imagenet_like, tmp_path: Path, monkeypatch: pytest.
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
+    from photo_detector.cloud.weights import fetch_weights
+
     pth, _, state = imagenet_like
     monkeypatch.setenv("PHOTO_DETECTOR_CACHE", str(tmp_path / "cache"))
     with fake_gcs():
         client = storage.Client(project="test", credentials=AnonymousCredentials())
         client.create_bucket("models").blob("base/effnet.pth").upload_from_filename(str(pth))
+        with pytest.raises(PhotoDetectorError, match=r"have not been downloaded"):  # the library fetches nothing
+            build_model(ModelConfig(weights="gs://models/base/effnet.pth"))
+        fetch_weights(ModelConfig(weights="gs://models/base/effnet.pth"))  # the edge: train command and stage
         model = build_model(ModelConfig(weights="gs://models/base/effnet.pth"))
         _assert_loaded(model, state)
         with pytest.raises(PhotoDetectorError, match=r"could not download gs://models/missing.pth"):
-            build_model(ModelConfig(weights="gs://models/missing.pth"))
+            fetch_weights(ModelConfig(weights="gs://models/missing.pth"))
     assert list((tmp_path / "cache" / "weights").rglob("effnet.pth"))  # cached for the next run
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 

@@ -248,8 +248,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data
     from photo_detector.data.packed import is_packed, read_manifest, read_packed
     from photo_detector.data.store import load_store, store_size_for
     from photo_detector.io import prepare_output_dir
+    from photo_detector.metrics import binary_metrics
     from photo_detector.model import build_model
-    from photo_detector.train import binary_metrics
 
     checkpoint, out, data_dir = Path(checkpoint), Path(out), Path(data_dir)
     state, digest = checkpoint_state(checkpoint)

@@ -34,11 +34,16 @@ def _digest(entries: list[tuple[str, int, str]]) -> str:
     return "fp:" + h.hexdigest()
 
 
-def fingerprint(uri: str) -> Fingerprint:
-    """The fingerprint of everything under `uri` (gs://BUCKET/PREFIX or a local folder)."""
-    if uri.startswith("gs://"):
-        entries = _gcs_entries(uri)
-    else:
+Entry = tuple[str, int, str]  # (path relative to the dataset root, size in bytes, checksum or mtime)
+
+
+def fingerprint(uri: str, entries: list[Entry] | None = None) -> Fingerprint:
+    """The fingerprint of everything under `uri`: a local folder, listed here, or any store whose listing the
+    caller passes as `entries` (gs://: photo_detector.cloud.gcs.listing, at the stage or CLI edge)."""
+    if entries is None and uri.startswith("gs://"):
+        raise DataError(f"dataset {uri} was not listed", "pass its listing: fingerprint(uri, "
+                                                          "photo_detector.cloud.gcs.listing(uri))")
+    if entries is None:
         root = Path(uri)
         if not root.is_dir():
             raise DataError(f"dataset {uri} is not a folder", "set data_uri to gs://BUCKET/PATH or a local folder")
@@ -55,11 +60,3 @@ def fingerprint(uri: str) -> Fingerprint:
              result.bytes)
     return result
 
-
-def _gcs_entries(uri: str) -> list[tuple[str, int, str]]:
-    from photo_detector.cloud.gcs import client, split_uri
-
-    bucket, prefix = split_uri(uri)
-    base = f"{prefix}/" if prefix else ""
-    blobs = client().list_blobs(bucket, prefix=base or None, fields="items(name,size,crc32c),nextPageToken")
-    return [(b.name[len(base):], int(b.size or 0), b.crc32c or "") for b in blobs if not b.name.endswith("/")]

@@ -77,7 +77,7 @@ def build_model(cfg: ModelConfig, *, load_pretrained: bool | None = None) -> Pho
 # Pretrained weights: timm hub name, local file or gs:// URI
 
 
-_HOW = ("pass model.weights=PATH (a .safetensors/.pth file), gs://BUCKET/PATH or hf-hub:ORG/NAME "
+WEIGHTS_HOW = ("pass model.weights=PATH (a .safetensors/.pth file), gs://BUCKET/PATH or hf-hub:ORG/NAME "
         "(e.g. --weights FILE), or set model.pretrained=false to train from scratch")
 
 
@@ -87,7 +87,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, source: str | None) ->
         state = _hub_state_dict(name, source)
         where = source or f"the timm hub default for {name}"
     else:
-        path = fetch_gcs(source) if source.startswith("gs://") else Path(source).expanduser()
+        path = _cached_gcs(source) if source.startswith("gs://") else Path(source).expanduser()
         state = _file_state_dict(path)
         where = source
     state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "fc.", "head.fc."))}
@@ -113,13 +113,13 @@ def _hub_state_dict(name: str, source: str | None) -> dict[str, torch.Tensor]:
     except Exception as exc:  # network, auth or missing-repo errors all end the same way for the user
         raise PhotoDetectorError(
             f"could not download pretrained weights for '{model_name}' from the Hugging Face hub "
-            f"({type(exc).__name__})", _HOW) from None
+            f"({type(exc).__name__})", WEIGHTS_HOW) from None
     return model.state_dict()
 
 
 def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise PhotoDetectorError(f"weights file {path} does not exist", _HOW)
+        raise PhotoDetectorError(f"weights file {path} does not exist", WEIGHTS_HOW)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -128,38 +128,28 @@ def _file_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise PhotoDetectorError(f"cannot read weights file {path}: {exc}", _HOW) from None
+        raise PhotoDetectorError(f"cannot read weights file {path}: {exc}", WEIGHTS_HOW) from None
     for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise PhotoDetectorError(f"weights file {path} holds no state dict", _HOW)
+        raise PhotoDetectorError(f"weights file {path} holds no state dict", WEIGHTS_HOW)
     return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
 
 
-def fetch_gcs(uri: str) -> Path:
-    """Download gs://BUCKET/PATH once into the local cache (atomic rename); honours STORAGE_EMULATOR_HOST."""
-    from photo_detector.io import atomic_path
-
+def weights_cache_path(uri: str) -> Path:
+    """Where gs://BUCKET/PATH weights are kept once downloaded. The download is the edge's job (the train
+    command and stage call photo_detector.cloud.weights.fetch_weights); this module only reads the file."""
     bucket_name, _, blob_name = uri.removeprefix("gs://").partition("/")
     if not bucket_name or not blob_name:
-        raise PhotoDetectorError(f"'{uri}' is not a gs://BUCKET/PATH URI", _HOW)
-    target = cache_dir() / "weights" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(blob_name).name
-    if target.is_file():
-        return target
-    try:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        raise PhotoDetectorError(f"'{uri}' is not a gs://BUCKET/PATH URI", WEIGHTS_HOW)
+    return cache_dir() / "weights" / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(blob_name).name
 
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            client = storage.Client(project="emulator", credentials=AnonymousCredentials())
-        else:
-            client = storage.Client()
-        with atomic_path(target) as tmp:
-            client.bucket(bucket_name).blob(blob_name).download_to_filename(str(tmp))
-    except ImportError:
-        raise PhotoDetectorError("reading gs:// weights needs google-cloud-storage",
-                                 "pip install 'photo-detector[train]'") from None
-    except Exception as exc:
-        raise PhotoDetectorError(f"could not download {uri}: {type(exc).__name__}: {exc}", _HOW) from None
-    return target
+
+def _cached_gcs(uri: str) -> Path:
+    path = weights_cache_path(uri)
+    if not path.is_file():
+        raise PhotoDetectorError(f"weights {uri} have not been downloaded to {path}",
+                                 "`photo-detector train` and the train stage download gs:// weights first; "
+                                 "elsewhere call photo_detector.cloud.weights.fetch_weights(cfg.model)")
+    return path

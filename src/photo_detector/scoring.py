@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,8 @@ from photo_detector.decision import confidence_for, label_for
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.inference import LoadedModel
 from photo_detector.io import atomic_path, usable_cores
-from photo_detector.preprocess import MAX_IMAGE_PIXELS, Preprocess, decode_crop, normalise
+from photo_detector.preprocess import MAX_IMAGE_PIXELS, ImageRejected, Preprocess, decode_crop, normalise, open_image
 from photo_detector.progress import progress
-from photo_detector.serving.images import ImageRejected, open_image
 
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "prediction", "probability", "confidence", "error"]
@@ -39,11 +38,8 @@ class ScoreSummary:
 
 
 def list_sources(source: str) -> list[str]:
-    """The images of a local folder (recursively) or of a gs:// prefix, sorted."""
-    if source.startswith("gs://"):
-        from photo_detector.cloud.batch import list_images
-
-        return list_images(source)
+    """The images of a local folder (recursively), sorted. A gs:// prefix is listed at the edge (the CLI,
+    through photo_detector.cloud.batch.list_images), which hands `score` the listing and a reader."""
     root = Path(source)
     if not root.is_dir():
         raise PhotoDetectorError(f"{source} is not a folder", "pass a folder of images or a gs://BUCKET/PREFIX")
@@ -55,18 +51,13 @@ def list_sources(source: str) -> list[str]:
 
 
 def _read(path: str) -> bytes:
-    if path.startswith("gs://"):
-        from photo_detector.cloud.gcs import split_uri, thread_client
-
-        bucket, name = split_uri(path)
-        return thread_client().bucket(bucket).blob(name).download_as_bytes(timeout=60)
     return Path(path).read_bytes()
 
 
-def _load(path: str, pp: Preprocess) -> np.ndarray | str:
+def _load(path: str, pp: Preprocess, read: Callable[[str], bytes]) -> np.ndarray | str:
     """The model's crop of one image, or the one-line reason it has none."""
     try:
-        img = open_image(_read(path), max_pixels=MAX_IMAGE_PIXELS, draft_size=pp.store_size)
+        img = open_image(read(path), max_pixels=MAX_IMAGE_PIXELS, draft_size=pp.store_size)
         return decode_crop(img, pp)
     except ImageRejected as exc:
         return exc.message
@@ -74,9 +65,10 @@ def _load(path: str, pp: Preprocess) -> np.ndarray | str:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def _batches(paths: list[str], pp: Preprocess, batch: int, workers: int) -> Iterator[list[tuple[str, object]]]:
+def _batches(paths: list[str], pp: Preprocess, batch: int, workers: int,
+             read: Callable[[str], bytes]) -> Iterator[list[tuple[str, object]]]:
     with ThreadPoolExecutor(workers) as pool:
-        loaded = pool.map(lambda p: (p, _load(p, pp)), paths)
+        loaded = pool.map(lambda p: (p, _load(p, pp, read)), paths)
         chunk: list[tuple[str, object]] = []
         for item in loaded:
             chunk.append(item)
@@ -87,18 +79,20 @@ def _batches(paths: list[str], pp: Preprocess, batch: int, workers: int) -> Iter
             yield chunk
 
 
-def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 16,
-          workers: int | None = None) -> ScoreSummary:
+def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 16, workers: int | None = None,
+          paths: list[str] | None = None, read: Callable[[str], bytes] | None = None) -> ScoreSummary:
     """Score every image under `source` into the CSV `out` (written to a temporary name, then renamed).
 
-    `workers` (reading and decoding threads) defaults to one per core for a folder, where decoding is the
-    work, and to 8 for gs://, where waiting on the network is. Batching gains little on CPU: decode and
-    model time per image dominate (benchmarks/score.py: about 1x a keep-alive /predict loop on 2 cores)."""
+    `paths` and `read` score a store other than this disk: the caller lists it and reads one path's bytes
+    (the CLI does so for gs://), so the library calls no cloud API. `workers` (reading and decoding threads)
+    defaults to one per core, where decoding is the work (the CLI passes 8 for gs://, where waiting on the
+    network is). Batching gains little on CPU: decode and model time per image dominate (benchmarks/score.py:
+    about 1x a keep-alive /predict loop on 2 cores)."""
     if workers is None:
-        workers = 8 if source.startswith("gs://") else usable_cores()
+        workers = usable_cores()
     model = LoadedModel.load(Path(model_dir))
     thresholds = model.thresholds
-    paths = list_sources(source)
+    paths = list_sources(source) if paths is None else paths
     counts = {"real": 0, "ai_generated": 0}
     failed = 0
     out = Path(out)
@@ -106,7 +100,7 @@ def score(model_dir: str | Path, source: str, out: str | Path, *, batch: int = 1
             progress(total=len(paths), desc=f"score {source}", unit="img") as bar:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        for chunk in _batches(paths, model.preprocess, batch, workers):
+        for chunk in _batches(paths, model.preprocess, batch, workers, read or _read):
             good = [(p, sq) for p, sq in chunk if isinstance(sq, np.ndarray)]
             probs = model.probabilities(normalise([sq for _, sq in good], model.preprocess)) if good else []
             scored = {p: float(pr) for (p, _), pr in zip(good, probs, strict=True)}

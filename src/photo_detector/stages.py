@@ -129,7 +129,12 @@ def _log_metrics(metrics: Any, values: dict[str, float]) -> None:
 def fingerprint(data_uri: str) -> tuple[tuple[str, int], dict[str, Any]]:
     from photo_detector.fingerprint import fingerprint as take
 
-    fp = take(data_uri)
+    if data_uri.startswith("gs://"):
+        from photo_detector.cloud.gcs import listing
+
+        fp = take(data_uri, listing(data_uri))
+    else:
+        fp = take(data_uri)
     return (fp.digest, fp.files), {"fingerprint": fp.digest, "files": fp.files, "bytes": fp.bytes}
 
 
@@ -174,6 +179,7 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
           config_overrides: dict[str, Any], pipeline_job: str = "", **params: Any) -> tuple[None, dict[str, Any]]:
     from photo_detector.artifacts import HISTORY, LAST, read_record
     from photo_detector.cloud.run_service import model_version
+    from photo_detector.cloud.weights import fetch_weights
     from photo_detector.data.packed import read_manifest
     from photo_detector.reports import training_report
     from photo_detector.train import run_train
@@ -188,6 +194,7 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
     resume = (Path(model.path) / LAST).is_file()
     if resume:
         log.info("resuming from %s: an earlier attempt of this task saved it", Path(model.path) / LAST)
+    fetch_weights(cfg.model)
     result = run_train(verified.path, model.path, cfg, resume=resume,
                        on_epoch_end=_experiment_time_series(cfg, pipeline_job))
     record = read_record(model.path)

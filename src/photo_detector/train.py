@@ -30,6 +30,7 @@ from photo_detector.data.store import ImageStore, load_store, store_size_for
 from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_model_folder
 from photo_detector.io import atomic_path, prepare_output_dir, write_text_atomic
+from photo_detector.metrics import binary_metrics
 from photo_detector.model import PhotoDetector, build_model, count_trainable
 from photo_detector.parallel import Shard, ShardDropout, check_world, data_parallel, launch
 from photo_detector.preprocess import Preprocess
@@ -155,20 +156,6 @@ def lr_lambda(step: int, *, steps_per_epoch: int, cfg: Config) -> float:
     total = max(1, cfg.train.epochs * steps_per_epoch - warmup)
     progress_ = min(1.0, (step - warmup) / total)
     return 0.5 * (1.0 + math.cos(math.pi * progress_))
-
-
-def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Accuracy, precision, recall and F1 of the `ai_generated` class at `threshold`."""
-    pred = probs >= threshold
-    truth = labels.astype(bool)
-    tp = float(np.sum(pred & truth))
-    fp = float(np.sum(pred & ~truth))
-    fn = float(np.sum(~pred & truth))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": float(np.mean(pred == truth)) if len(pred) else 0.0,
-            "precision": precision, "recall": recall, "f1": f1}
 
 
 # ---------------------------------------------------------------------------------------------------------

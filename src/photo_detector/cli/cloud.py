@@ -160,8 +160,9 @@ def _upload_local_model(args: argparse.Namespace, cfg: Any, model_dir: Path) -> 
 def _deploy_local(args: argparse.Namespace, cfg: Any) -> int:
     """The same smoke test as a Cloud Run rollout, against the service started on loopback."""
     from photo_detector.artifacts import read_record
+    from photo_detector.keys import hash_key, new_key
     from photo_detector.serving.app import create_app, resolve_model
-    from photo_detector.serving.auth import KeyChecker, hash_key, new_key
+    from photo_detector.serving.auth import KeyChecker
     from photo_detector.serving.local import running
     from photo_detector.smoke import smoke_test
 

@@ -53,9 +53,11 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from photo_detector.cloud.weights import fetch_weights
     from photo_detector.demo import run_demo
 
     cfg = config_from(args, {"train.epochs": args.epochs})
+    fetch_weights(cfg.model)
     res = run_demo(args.out, cfg, data=args.data)
     e, d = res.evaluation, res.decision
     print(f"\nrun folder: {res.run_dir}")

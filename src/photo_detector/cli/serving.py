@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
-    from photo_detector.serving.auth import hash_key, new_key
+    from photo_detector.keys import hash_key, new_key
 
     key = args.key or new_key()
     if args.key is None:
@@ -47,7 +47,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     from photo_detector.scoring import score
     from photo_detector.serving.app import resolve_model
 
-    res = score(resolve_model(args.model), args.source, args.out, batch=args.batch, workers=args.workers)
+    paths = read = None
+    workers = args.workers
+    if args.source.startswith("gs://"):  # listed and read here: the library calls no cloud API
+        from photo_detector.cloud.batch import list_images
+        from photo_detector.cloud.gcs import read_object
+
+        paths, read, workers = list_images(args.source), read_object, workers or 8
+    res = score(resolve_model(args.model), args.source, args.out, batch=args.batch, workers=workers, paths=paths,
+                read=read)
     print(f"scored {res.scored} images ({res.counts['real']} real, {res.counts['ai_generated']} ai_generated)"
           f"{f', {res.failed} unreadable (their rows say why)' if res.failed else ''}: {res.out}")
     return 0

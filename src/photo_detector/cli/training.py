@@ -13,11 +13,13 @@ from photo_detector.errors import PhotoDetectorError
 
 def cmd_train(args: argparse.Namespace) -> int:
     from photo_detector.artifacts import LOGS
+    from photo_detector.cloud.weights import fetch_weights
     from photo_detector.train import run_train
 
     cfg = config_from(args, {"train.epochs": args.epochs, "data.batch_size": args.batch_size,
                          "train.learning_rate": args.learning_rate, "model.weights": args.weights,
                          "train.device": args.device, "train.gpus": args.gpus})
+    fetch_weights(cfg.model)
     res = run_train(args.data, args.out, cfg, resume=args.resume, force=args.force)
     m = res.best_metrics
     why = {"early_stopping": " (stopped early)", "budget": f" (time budget of {cfg.train.max_minutes:g} min)"}

@@ -69,6 +69,21 @@ def thread_client(project: str | None = None) -> Any:
     return clients[key]
 
 
+def listing(uri: str) -> list[tuple[str, int, str]]:
+    """(name relative to the prefix, size, CRC32C) of every object under gs://BUCKET/PREFIX, from list calls
+    alone: what photo_detector.fingerprint digests."""
+    bucket, prefix = split_uri(uri)
+    base = f"{prefix}/" if prefix else ""
+    blobs = client().list_blobs(bucket, prefix=base or None, fields="items(name,size,crc32c),nextPageToken")
+    return [(b.name[len(base):], int(b.size or 0), b.crc32c or "") for b in blobs if not b.name.endswith("/")]
+
+
+def read_object(uri: str) -> bytes:
+    """One object's bytes on this thread's client (how `score gs://...` reads each image)."""
+    bucket, name = split_uri(uri)
+    return thread_client().bucket(bucket).blob(name).download_as_bytes(timeout=60)
+
+
 def _retry() -> Any:
     from google.cloud.storage.retry import DEFAULT_RETRY
 

@@ -16,7 +16,7 @@ from typing import Any
 from photo_detector.cloud.naming import data_bucket, pipeline_bucket
 from photo_detector.cloud.settings import Settings
 from photo_detector.config import Config
-from photo_detector.serving.auth import hash_key, new_key
+from photo_detector.keys import hash_key, new_key
 
 log = logging.getLogger(__name__)
 

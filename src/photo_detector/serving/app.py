@@ -35,11 +35,10 @@ from photo_detector import __version__
 from photo_detector.config import Config
 from photo_detector.decision import confidence_for, label_for
 from photo_detector.inference import LoadedModel
-from photo_detector.preprocess import decode_crop, normalise
+from photo_detector.preprocess import ALLOWED, ImageRejected, decode_crop, normalise, open_image
 from photo_detector.serving import page
 from photo_detector.serving.auth import KeyChecker
 from photo_detector.serving.explain import crop_region, occlusion_map
-from photo_detector.serving.images import ALLOWED, ImageRejected, open_image
 from photo_detector.serving.instances import InstanceError, instance_bytes, parse_instances
 from photo_detector.serving.metrics import ServiceMetrics
 from photo_detector.serving.middleware import KeyAuth, RequestContext

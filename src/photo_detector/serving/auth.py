@@ -6,22 +6,13 @@ leaked environment does not leak keys. A missing and a wrong key take the same p
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-import secrets
 
 from photo_detector.errors import ConfigError
+from photo_detector.keys import hash_key
 
 HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def hash_key(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def new_key() -> str:
-    return secrets.token_urlsafe(32)
 
 
 def parse_hashes(text: str, source: str = "PHOTO_DETECTOR_API_KEY_HASHES") -> list[str]:
