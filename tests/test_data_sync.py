@@ -219,3 +219,55 @@ def test_an_unreachable_store_is_one_line_within_seconds(tmp_path: Path, sample_
     assert out.returncode == 2 and time.perf_counter() - start < 30
     assert out.stderr.startswith("error: listing gs://d/x failed: ") and "re-run the same command" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_killing_an_upload_leaves_no_worker_and_the_next_run_resumes(bucket: str, tmp_path: Path) -> None:
+    """SIGKILL of `data upload` mid-copy: its forked workers die with it (PR_SET_PDEATHSIG), within seconds;
+    the upload run again copies only what is missing and the bucket then mirrors the folder."""
+    import signal
+    import time
+
+    import psutil
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    src = tmp_path / "many"
+    for i in range(1500):
+        (src / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 10}" / f"{i}.bin").write_bytes(os.urandom(4096))
+    env = {**os.environ, "PHOTO_DETECTOR_GCS_PROCESSES": "2"}
+    cmd = [sys.executable, "-m", "photo_detector", "data", "upload", str(src), "gs://data/kill", "--workers", "1"]
+    gcs = storage.Client(project="p", credentials=AnonymousCredentials())
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    children: list[psutil.Process] = []
+    while time.monotonic() < deadline:
+        children = parent.children(recursive=True)
+        if len(children) >= 2 and sum(1 for _ in gcs.list_blobs("data", prefix="kill/")) >= 20:
+            break
+        assert proc.poll() is None, "the upload ended before it could be killed: make it bigger"
+        time.sleep(0.05)
+    assert len(children) >= 2, "the upload never forked its workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    gone_by = time.monotonic() + 5
+    while any(alive(c) for c in children) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert not [c.pid for c in children if alive(c)], "workers outlived the killed upload"
+    partial = sum(1 for _ in gcs.list_blobs("data", prefix="kill/"))
+    assert partial < 1500, "killed mid-upload"
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    copied, unchanged = map(int, re.search(r"uploaded (\d+) files .*, (\d+) unchanged", again.stdout).groups())
+    assert copied + unchanged == 1500 and unchanged >= 20, again.stdout
+    assert {b.name: b.size for b in gcs.list_blobs("data", prefix="kill/")} == {
+        f"kill/{p.relative_to(src).as_posix()}": 4096 for p in src.rglob("*.bin")}

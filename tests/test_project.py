@@ -223,3 +223,21 @@ def test_setup_and_doctor_read_api_errors_clearly(project: Project) -> None:
     assert doc.returncode == 1 and {"secrets", "runner"} <= set(lines), doc.stdout
     assert "HTTP 403" in lines["runner"] and "grant the missing role" in doc.stdout
     assert "Traceback" not in doc.stdout + doc.stderr
+
+
+@pytest.mark.parametrize("command", [["submit"], ["schedule", "create", "--cron", "0 3 * * 1"]])
+def test_a_spec_for_another_project_is_refused_before_any_request_with_both_fixes(project: Project,
+                                                                                  command: list[str]) -> None:
+    """The checked-in spec names PROJECT_ID (images and data bucket): refused at once, naming what fixes it; a
+    spec compiled for another project likewise."""
+    other = compile_pipeline(load_config(None, {"images.tag": "c0ffee1"}), project.tmp / "other.yaml",
+                             project="other-proj")
+    for template in (ROOT / "compiled" / "training_pipeline.yaml", other):
+        out = project.cli(*command, "--template", str(template))
+        assert out.returncode == 2, out.stdout + out.stderr
+        named = "PROJECT_ID" if template != other else "other-proj"
+        assert f"was compiled for project {named}, not proj" in out.stderr, out.stderr
+        assert "--template photo-detector-training:TAG" in out.stderr
+        assert "photo-detector compile --project proj --image-tag TAG" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert project.api.requests == [], "refused before any request"

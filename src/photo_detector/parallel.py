@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from photo_detector.errors import PhotoDetectorError
+from photo_detector.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -208,24 +209,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: have the kernel kill this process when the launching one dies. Why: a killed task (a preempted
-    VM, `kill -9`) must not leave orphans that go on writing checkpoints into the folder its retry resumes."""
-    import contextlib
-    import ctypes
-    import signal
-
-    # Not glibc/Linux: no such call, and the launcher's finally block still stops the workers on any normal exit.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the request took effect
-        os._exit(1)
-
-
 def _worker(rank: int, world: int, port: int, backend: str, log_level: int, target: Callable[..., Any],
             args: tuple[Any, ...], results: Any, parent: int) -> None:
     """One training process: join the group, run `target(*args, shard)`, report the result or the error."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     logging.basicConfig(level=log_level if rank == 0 else max(log_level, logging.WARNING),
                         format=f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s", stream=sys.stderr)
     from photo_detector.io import usable_cores

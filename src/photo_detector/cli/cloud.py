@@ -73,15 +73,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def preflight(args: argparse.Namespace, settings: Any) -> None:
-    """The fast subset of doctor before anything is sent; refuses with the failing lines."""
+    """The fast subset of doctor before anything is sent; refuses with the failing lines. First of all, a spec
+    compiled for another project (or for none) is refused with the two fixes, before any request is made."""
     if getattr(args, "skip_checks", False):
         return
-    from photo_detector.cloud.naming import data_uri
+    from photo_detector.cloud.naming import check_spec_project, data_uri
     from photo_detector.cloud.project import FAST, run_doctor
 
     spec, params = template_spec(args, settings)
     uri = params.get("data_uri") or spec["root"]["inputDefinitions"]["parameters"].get("data_uri", {}).get(
         "defaultValue") or data_uri(config_from(args), settings.project)
+    check_spec_project(spec, str(uri), settings.require("project"), template=str(args.template),
+                       pipeline=config_from(args).pipeline.name)
     failed = [c for c in run_doctor(config_from(args), settings, spec=spec, data_uri=str(uri), only=FAST)
               if not c.passed]
     if failed:
@@ -211,8 +214,9 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caching", choices=["on", "off", "default"], default="default",
                    help="default = each task's compiled caching setting")
     p.add_argument("--sync", action="store_true", help="follow the run until it ends; exit 1 unless it succeeded")
-    p.add_argument("--skip-checks", action="store_true", help="submit without the preflight checks (doctor's "
-                                                              "fast subset: credentials, bucket, images, data)")
+    p.add_argument("--skip-checks", action="store_true", help="submit without the preflight checks (the spec's "
+                                                              "project, then doctor's fast subset: credentials, "
+                                                              "bucket, images, data)")
     p.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_submit)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.io import atomic_path, usable_cores
+from photo_detector.procs import die_with_parent
 from photo_detector.progress import progress
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,9 @@ def _run(job: _Job, items: list[Item], desc: str, workers: int, result: SyncResu
         # fork: spawn/forkserver re-import the caller's __main__, which breaks scripts without a main guard.
         # The parent holds no lock-taking threads here (the listing ran in this thread).
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        # Each worker dies with this process, however it dies: no orphan races the resumed copy.
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_copy_batch, job, items[i:i + BATCH], workers)
                        for i in range(0, len(items), BATCH)]
             try:

@@ -9,8 +9,11 @@ derived name". The checked-in compiled spec is built without a project and carri
 from __future__ import annotations
 
 import os
+import re
+from typing import Any
 
 from photo_detector.config import Config
+from photo_detector.errors import PhotoDetectorError
 
 PLACEHOLDER_PROJECT = "PROJECT_ID"
 PROJECT_ENV = ("PHOTO_DETECTOR_PROJECT", "CLOUD_ML_PROJECT_ID", "GOOGLE_CLOUD_PROJECT")
@@ -60,3 +63,39 @@ def pipeline_root(cfg: Config, project: str | None = None) -> str:
         return cfg.gcp.pipeline_root
     proj = project or project_id(cfg)
     return f"gs://{pipeline_bucket(proj)}/root" if proj else ""
+
+
+_REGISTRY_PROJECT = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev/([^/]+)/")
+_DATA_PROJECT = re.compile(r"^gs://(.+)-photo-detector-data(/|$)")
+
+
+def spec_projects(spec: dict[str, Any], data_uri: str) -> dict[str, str]:
+    """The project each project-derived name of a compiled spec names: name -> project (the stage and serve
+    images in Artifact Registry, and a data_uri in a derived data bucket). Names outside those patterns (a
+    registry of one's own, a data_uri elsewhere) name no project and are not listed."""
+    refs = {e["container"]["image"] for e in spec.get("deploymentSpec", {}).get("executors", {}).values()
+            if "container" in e}
+    for component in spec.get("components", {}).values():  # the serve image is a constant input of deploy
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            value = task.get("inputs", {}).get("parameters", {}).get("serve_image", {})
+            if "runtimeValue" in value:
+                refs.add(value["runtimeValue"]["constant"])
+    found = {ref: m.group(1) for ref in sorted(refs) if (m := _REGISTRY_PROJECT.match(ref))}
+    if m := _DATA_PROJECT.match(data_uri or ""):
+        found[data_uri] = m.group(1)
+    return found
+
+
+def check_spec_project(spec: dict[str, Any], data_uri: str, project: str, *, template: str, pipeline: str) -> None:
+    """Refuse, before any request, a spec compiled for another project (or none: `PROJECT_ID`), naming the two
+    fixes: the template Cloud Build uploaded, or a spec compiled for this project."""
+    other = {name: p for name, p in spec_projects(spec, data_uri).items() if p != project}
+    if not other:
+        return
+    named = sorted(set(other.values()))
+    example = next(iter(other))
+    raise PhotoDetectorError(
+        f"{template} was compiled for project {', '.join(named)}, not {project}: {len(other)} name(s) in it point "
+        f"there (e.g. {example})",
+        f"submit the template Cloud Build uploaded for {project} (--template {pipeline}:TAG), or compile one for "
+        f"it: photo-detector compile --project {project} --image-tag TAG")

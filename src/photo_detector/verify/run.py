@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from photo_detector.data.packed import combine_digest
 from photo_detector.data.store import store_size_for, worker_count
 from photo_detector.errors import DataError
 from photo_detector.io import write_json_atomic, write_text_atomic
+from photo_detector.procs import die_with_parent
 from photo_detector.progress import progress
 from photo_detector.verify.duplicates import Pairs, find_duplicates, groups
 from photo_detector.verify.inspect import THUMB, Job, inspect_many
@@ -126,7 +128,8 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
     thumbs = np.zeros((len(files), THUMB * THUMB), np.uint8)
     pixels: list[bytes] = [b""] * len(files)
     jobs = (Job(str(f.path), size, cfg.verify.max_image_pixels, align) for f in files)
-    with ProcessPoolExecutor(workers) as pool, progress(total=len(files), desc="verify", unit="img") as bar:
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
+            progress(total=len(files), desc="verify", unit="img") as bar:
         for i, info in enumerate(_bounded_map(pool, jobs, workers)):
             f = files[i]
             square = info.pop("square", None)
