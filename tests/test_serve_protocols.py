@@ -39,7 +39,8 @@ def png(seed: int = 0, size: int = 40) -> bytes:
 
 @pytest.fixture(scope="module")
 def vertex_service(trained_dir: Path) -> Iterator[tuple[str, httpx.Client, object]]:
-    cfg = load_config(None, {"serve.max_batch_files": 8, "serve.max_body_bytes": 300_000})
+    cfg = load_config(None, {"serve.max_batch_files": 8, "serve.max_body_bytes": 300_000,
+                             "serve.gcs_allowed_prefixes": ["gs://catalog/a"]})
     app = create_app(str(trained_dir), cfg, KeyChecker([hash_key(KEY)]),
                      routes=Routes(health="/vertex/health", predict_instances="/vertex/predict", vertex=True))
     with running(app) as url, httpx.Client(timeout=30) as client:
@@ -133,7 +134,7 @@ def test_vertex_protocol_scores_each_instance_on_its_own(vertex_service, trained
                      {"gcs_uri": "gs://catalog/a/second.png"},
                      {"b64": "not base64!"},
                      {"b64": base64.b64encode(b"hello").decode()},
-                     {"gcs_uri": "gs://catalog/missing.png"}]
+                     {"gcs_uri": "gs://catalog/a/missing.png"}]
         # No key: on Vertex the endpoint authenticates callers with IAM before forwarding.
         r = client.post(f"{url}/vertex/predict", json={"instances": instances})
     assert r.status_code == 200, r.text
@@ -183,3 +184,41 @@ def test_the_serve_entrypoint_is_a_vertex_prediction_container(trained_dir: Path
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_gcs_uri_reads_only_allowed_prefixes_and_a_refusal_tells_nothing(vertex_service, sample_dir: Path) -> None:
+    """The private-bucket probe: a key holder names a private photo, a large private CSV and a missing object.
+    All three get the same refusal, decided before any read (no size, no existence); allowed ones still work."""
+    from fakes import fake_gcs
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from photo_detector.serving.instances import allowed_prefixes
+
+    url, client, _ = vertex_service
+    photo = sorted((sample_dir / "test" / "real").iterdir())[0]
+    with fake_gcs():
+        gcs = storage.Client(project="p", credentials=AnonymousCredentials())
+        private = gcs.create_bucket("private-data")
+        private.blob("customers/secret-photo.jpg").upload_from_filename(str(photo))
+        private.blob("exports/customers.csv").upload_from_string(b"x" * 12_345_678)
+        catalog = gcs.create_bucket("catalog")
+        catalog.blob("a/ok.png").upload_from_filename(str(photo))
+        catalog.blob("b/not-listed.png").upload_from_filename(str(photo))
+        gcs.create_bucket("catalog-private").blob("a/x.png").upload_from_filename(str(photo))
+        probes = ["gs://private-data/customers/secret-photo.jpg", "gs://private-data/exports/customers.csv",
+                  "gs://private-data/customers/missing.jpg", "gs://catalog/b/not-listed.png",
+                  "gs://catalog-private/a/x.png", "gs://catalog/a/../b/not-listed.png"]
+        r = client.post(f"{url}/vertex/predict", json={"instances": [{"gcs_uri": u} for u in probes]
+                                                       + [{"gcs_uri": "gs://catalog/a/ok.png"}]})
+    assert r.status_code == 200, r.text
+    *refused, allowed = r.json()["predictions"]
+    assert all(p == refused[0] for p in refused) and refused[0]["error"]["code"] == 403, refused
+    assert "12345678" not in r.text and "does not exist" not in r.text
+    assert "probability" in allowed
+    # Defaults: none on Cloud Run; the model's own bucket under Vertex; the variable overrides both.
+    assert allowed_prefixes([], {}) == ()
+    assert allowed_prefixes([], {"AIP_STORAGE_URI": "gs://proj-photo-detector-pipelines/root/m"}) == (
+        "gs://proj-photo-detector-pipelines/",)
+    assert allowed_prefixes(["gs://a"], {"PHOTO_DETECTOR_GCS_ALLOWED_PREFIXES": "gs://b/x, gs://c"}) == (
+        "gs://b/x/", "gs://c/")

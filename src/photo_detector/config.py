@@ -183,6 +183,8 @@ class ServeConfig:
     request_timeout_seconds: float = _f(10.0, lo=0.1, hi=3600.0)
     threads: int = _f(0, lo=0, hi=256)
     explain_grid: int = _f(7, lo=2, hi=10)  # /v1/explain: grid x grid occluded copies + the image
+    # gs:// prefixes a {"gcs_uri"} instance may name; [] = none on Cloud Run, the model's bucket under Vertex
+    gcs_allowed_prefixes: list[str] = _f([])
 
 
 @dataclass

@@ -48,6 +48,9 @@ def service_body(cfg: Config, *, model_uri: str, version: str, image: str) -> di
                     {"name": "PHOTO_DETECTOR_MODEL_VERSION", "value": version},
                     {"name": "PHOTO_DETECTOR_API_KEY_HASHES",
                      "valueSource": {"secretKeyRef": {"secret": d.api_keys_secret, "version": "latest"}}},
+                    # the only gs:// places a {"gcs_uri"} instance may name (none when empty)
+                    *([{"name": "PHOTO_DETECTOR_GCS_ALLOWED_PREFIXES",
+                        "value": ",".join(cfg.serve.gcs_allowed_prefixes)}] if cfg.serve.gcs_allowed_prefixes else []),
                 ],
                 "resources": {"limits": {"cpu": d.cpu, "memory": d.memory}, "cpuIdle": True},
                 "startupProbe": {"httpGet": {"path": HEALTH_PATH, "port": SERVICE_PORT},

@@ -39,7 +39,7 @@ from photo_detector.preprocess import ALLOWED, ImageRejected, decode_crop, norma
 from photo_detector.serving import page
 from photo_detector.serving.auth import KeyChecker
 from photo_detector.serving.explain import crop_region, occlusion_map
-from photo_detector.serving.instances import InstanceError, instance_bytes, parse_instances
+from photo_detector.serving.instances import InstanceError, allowed_prefixes, instance_bytes, parse_instances
 from photo_detector.serving.metrics import ServiceMetrics
 from photo_detector.serving.middleware import KeyAuth, RequestContext
 from photo_detector.serving.multipart import MultipartError, file_parts
@@ -237,11 +237,12 @@ def _predict_instances(state: ServiceState, instances: list[Any], timing: Timing
     """Each instance independently: a bad one gets its own error in its place, the others their scores."""
     model = _model(state)
     limit = state.cfg.serve.max_body_bytes
+    allowed = allowed_prefixes(state.cfg.serve.gcs_allowed_prefixes)
     out: list[dict[str, Any] | None] = [None] * len(instances)
     squares, where = [], []
     for i, instance in enumerate(instances):
         with timing.phase("read"):
-            data = instance_bytes(instance, limit)
+            data = instance_bytes(instance, limit, allowed)
         if isinstance(data, InstanceError):
             out[i] = data.to_json()
             continue
