@@ -1,5 +1,5 @@
-"""A Google Cloud project for photo-detector: the one table of what it needs (APIs, resources, accounts and
-their roles), `setup` that creates it idempotently, and `doctor` that checks it.
+"""A Google Cloud project for photo-detector: `setup` creates what `cloud.inventory` lists (APIs, resources,
+accounts and their roles) idempotently, and `doctor` checks it.
 
 Both read the same table, and the README renders it (`photo-detector setup --print-table`), so what is
 created, what is checked and what is documented cannot drift apart. Every call goes through the official
@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from photo_detector.cloud.inventory import ACCOUNTS, APIS, SUBMIT_PERMISSIONS, T4_QUOTA, resources
+from photo_detector.cloud.inventory import roles_table as roles_table  # the CLI's --print-roles
 from photo_detector.cloud.naming import data_bucket, pipeline_bucket
 from photo_detector.cloud.settings import Settings
 from photo_detector.config import Config
@@ -21,73 +23,6 @@ from photo_detector.keys import hash_key, new_key
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 15.0  # seconds per API call in setup and doctor
-
-# API -> why the product needs it.
-APIS: dict[str, str] = {
-    "aiplatform.googleapis.com": "Vertex AI Pipelines, custom training, Model Registry, Experiments",
-    "artifactregistry.googleapis.com": "the image repository and the KFP template repository",
-    "cloudbuild.googleapis.com": "builds the images (cloudbuild.yaml)",
-    "run.googleapis.com": "the prediction service",
-    "secretmanager.googleapis.com": "API-key hashes and the smoke-test key",
-    "storage.googleapis.com": "data and pipeline artifacts",
-    "iam.googleapis.com": "the two service accounts",
-    "cloudresourcemanager.googleapis.com": "role bindings and permission checks",
-    "serviceusage.googleapis.com": "enabling and checking these APIs",
-    "cloudquotas.googleapis.com": "the T4 quota check",
-}
-
-
-@dataclass(frozen=True)
-class Account:
-    account_id: str
-    display_name: str
-    roles: dict[str, str]  # role -> why
-
-    def email(self, project: str) -> str:
-        return f"{self.account_id}@{project}.iam.gserviceaccount.com"
-
-
-# The fewest project-level roles that work, and why each is needed.
-ACCOUNTS: dict[str, Account] = {
-    "runner": Account("photo-detector-pipelines", "photo-detector pipeline runs", {
-        "roles/aiplatform.user": "run the pipeline's tasks; read and write ML Metadata and the Model Registry",
-        "roles/storage.objectAdmin": "read the data, write artifacts under the pipeline root",
-        "roles/artifactregistry.reader": "pull the stage images",
-        "roles/run.developer": "create and update the Cloud Run service",
-        "roles/iam.serviceAccountUser": "deploy the service as the runtime account",
-        "roles/secretmanager.secretAccessor": "read the smoke-test key",
-    }),
-    "runtime": Account("photo-detector-service", "photo-detector prediction service", {
-        "roles/secretmanager.secretAccessor": "read the API-key hashes",
-        "roles/storage.objectViewer": "read the model it serves",
-    }),
-}
-# What the person who submits runs must be allowed (doctor asks testIamPermissions for these).
-SUBMIT_PERMISSIONS = ("aiplatform.pipelineJobs.create", "aiplatform.schedules.create",
-                      "iam.serviceAccounts.actAs", "storage.buckets.get")
-T4_QUOTA = "CustomModelTrainingNvidiaT4GPUsPerProjectPerRegion"
-
-
-def resources(cfg: Config, project: str) -> dict[str, str]:
-    """Names of everything setup creates, derived from the project (and overridable in the config)."""
-    return {
-        "data bucket": data_bucket(project),
-        "pipeline bucket": pipeline_bucket(project),
-        "docker repository": cfg.gcp.docker_repository,
-        "kfp repository": cfg.gcp.kfp_repository,
-        "api-key secret": cfg.deploy.api_keys_secret,
-        "smoke-key secret": cfg.deploy.smoke_key_secret,
-    }
-
-
-def roles_table() -> str:
-    """The roles per account as a Markdown table (rendered into the README)."""
-    lines = ["| account | role | why |", "|---|---|---|"]
-    for kind, acc in ACCOUNTS.items():
-        lines += [f"| {kind}: `{acc.account_id}@PROJECT.iam.gserviceaccount.com` | `{role}` | {why} |"
-                  for role, why in acc.roles.items()]
-    return "\n".join(lines)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Clients (REST and anonymous when an endpoint is redirected, the official default otherwise)
@@ -441,8 +376,11 @@ def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None =
             gcs = clients.get("storage")
             bucket = gcs.bucket(name)
             if not _exists(lambda: _call(gcs.get_bucket, name)):
-                return Check(key, False, f"gs://{name} does not exist",
-                             f"gcloud storage buckets create gs://{name} --location {region} (or photo-detector setup)")
+                derived = (pipeline_bucket if key == "pipeline bucket" else data_bucket)(project)
+                fix = ("photo-detector setup creates it" if name == derived else  # setup creates only its own
+                       f"gcloud storage buckets create gs://{name} --location {region}, or use gs://{derived} "
+                       "(what photo-detector setup creates)")
+                return Check(key, False, f"gs://{name} does not exist", fix)
             probe = bucket.blob(".photo-detector-doctor")
             probe.upload_from_string(b"ok", timeout=CALL_TIMEOUT, retry=None)
             probe.delete(timeout=CALL_TIMEOUT, retry=None)
@@ -548,6 +486,10 @@ def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None =
                 return Check("data", False, f"data_uri {data_uri} is not a gs:// URI", "photo-detector data upload")
             bucket, prefix = split_uri(data_uri)
             gcs = clients.get("storage")
+            if not _exists(lambda: _call(gcs.get_bucket, bucket)):  # setup creates only the derived bucket
+                return Check("data", False, f"gs://{bucket} does not exist", "photo-detector setup creates it"
+                             if bucket == data_bucket(project) else f"pass --param data_uri=gs://{data_bucket(project)}"
+                             f"/cifake, or gcloud storage buckets create gs://{bucket} --location {region}")
             missing = [f"{s}/{c}" for s in SPLITS for c in CLASS_NAMES if not any(_call(
                 gcs.list_blobs, bucket, prefix=f"{prefix}/{s}/{c}/" if prefix else f"{s}/{c}/", max_results=1))]
             return Check("data", not missing, f"{data_uri} has train|val|test/{{real,ai_generated}}" if not missing
