@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -611,3 +612,78 @@ class FakeGoogle(FakeAPI):
                 {"dimensions": {"region": "us-central1"}, "details": {"value": str(st["t4"])}},
                 {"dimensions": {"region": "europe-west4"}, "details": {"value": "0"}}]}
         return _err(404, f"no route {req.method} {p}")
+
+
+class BucketIamFront(FakeAPI):
+    """fake-gcs-server has no bucket IAM: this front answers `GET|PUT /storage/v1/b/BUCKET/iam` (the policy
+    per bucket in `state["policies"]`, with an etag; 404 for a bucket the emulator does not have) and forwards
+    every other request to the emulator byte for byte. Requests are recorded and `fail()` scripts errors on
+    any of them, like the other fakes."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream.rstrip("/")
+        self.state["policies"] = {}
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, bytes]:
+        fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")}
+        req = urllib.request.Request(self.upstream + path, data=raw if method not in ("GET", "HEAD") else None,
+                                     method=method, headers=fwd)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def serve(self) -> tuple[ThreadingHTTPServer, str]:
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                url = urlsplit(self.path)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body: Any = json.loads(raw) if raw and "json" in self.headers.get("Content-Type", "") else raw
+                req = Request(self.command, unquote(url.path), parse_qs(url.query), body, dict(self.headers), raw)
+                front.requests.append(req)
+                scripted = front._scripted(req)
+                m = re.fullmatch(r"/storage/v1/b/([^/]+)/iam", req.path)
+                if scripted or m:
+                    status, payload = scripted or front._iam(m.group(1), req)
+                    data, headers = json.dumps(payload).encode(), {"Content-Type": "application/json"}
+                else:
+                    status, headers, data = front._forward(self.command, self.path, dict(self.headers), raw)
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _handle
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    def _iam(self, bucket: str, req: Request) -> tuple[int, Any]:
+        status, _, _ = self._forward("GET", f"/storage/v1/b/{bucket}", {}, b"")
+        if status != 200:
+            return _err(404, f"bucket {bucket} does not exist")
+        policies = self.state["policies"]
+        current = policies.setdefault(bucket, {"bindings": [], "etag": "CAE=", "version": 1})
+        if req.method == "GET":
+            return 200, {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}", **current}
+        if req.body.get("etag") not in (None, current["etag"]):
+            return _err(412, "the policy changed since it was read")
+        n = int(base64.b64decode(current["etag"])[-1]) + 1
+        policies[bucket] = {"bindings": req.body.get("bindings", []), "version": req.body.get("version", 1),
+                            "etag": base64.b64encode(bytes([8, n % 256])).decode()}
+        return 200, {"kind": "storage#policy", "resourceId": f"projects/_/buckets/{bucket}", **policies[bucket]}
+
+    def members(self, bucket: str, role: str) -> set[str]:
+        return {m for b in self.state["policies"].get(bucket, {}).get("bindings", []) if b["role"] == role
+                for m in b["members"]}

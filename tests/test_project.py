@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from fakes import FakeDockerRegistry, FakeGoogle, fake_gcs
+from fakes import BucketIamFront, FakeDockerRegistry, FakeGoogle, fake_gcs
 
 from photo_detector.cloud.project import ACCOUNTS, APIS, roles_table
 from photo_detector.config import load_config
@@ -28,8 +28,9 @@ MUTATING = ("POST", "PATCH", "PUT", "DELETE")
 
 
 class Project:
-    def __init__(self, api: FakeGoogle, registry: FakeDockerRegistry, env: dict[str, str], tmp: Path) -> None:
-        self.api, self.registry, self.env, self.tmp = api, registry, env, tmp
+    def __init__(self, api: FakeGoogle, registry: FakeDockerRegistry, env: dict[str, str], tmp: Path,
+                 iam: BucketIamFront) -> None:
+        self.api, self.registry, self.env, self.tmp, self.iam = api, registry, env, tmp, iam
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env=self.env)
@@ -47,10 +48,13 @@ def project(tmp_path: Path) -> Iterator[Project]:
     server, url = api.serve()
     reg_server, reg_url = registry.serve()
     with fake_gcs():
+        iam = BucketIamFront(os.environ["STORAGE_EMULATOR_HOST"])  # fake-gcs-server plus bucket IAM policies
+        iam_server, iam_url = iam.serve()
         env = {**os.environ, "PHOTO_DETECTOR_PROJECT": "proj", "PHOTO_DETECTOR_REGION": "us-central1",
-               "PHOTO_DETECTOR_DOCKER_REGISTRY_ENDPOINT": reg_url,
+               "PHOTO_DETECTOR_DOCKER_REGISTRY_ENDPOINT": reg_url, "STORAGE_EMULATOR_HOST": iam_url,
                **{f"PHOTO_DETECTOR_{name}_ENDPOINT": url for name in ENDPOINTS}}
-        yield Project(api, registry, env, tmp_path)
+        yield Project(api, registry, env, tmp_path, iam)
+        iam_server.shutdown()
     server.shutdown()
     reg_server.shutdown()
 
@@ -79,11 +83,14 @@ def test_setup_dry_run_prints_the_plan_and_changes_nothing(project: Project) -> 
                  "would create secret photo-detector-api-keys",
                  "would create service account photo-detector-pipelines@proj.iam.gserviceaccount.com",
                  "would create Vertex AI TensorBoard photo-detector in us-central1",
-                 "11 change(s) to make"):
+                 "would grant on gs://proj-photo-detector-pipelines: roles/storage.objectAdmin to "
+                 "photo-detector-pipelines, roles/storage.objectViewer to photo-detector-service",
+                 "13 change(s) to make"):
         assert line in out.stdout, line
     assert project.api.calls and not [r for r in project.api.requests if r.method in MUTATING
                                       and not r.path.endswith(":getIamPolicy")]
     assert not list(project.storage().list_buckets())
+    assert not project.iam.calls("PUT")
 
 
 def test_setup_creates_everything_once_and_a_second_run_changes_nothing(project: Project) -> None:
@@ -104,6 +111,13 @@ def test_setup_creates_everything_once_and_a_second_run_changes_nothing(project:
     for acc in ACCOUNTS.values():
         email = f"serviceAccount:{acc.email('proj')}"
         assert all(email in st["bindings"][role] for role in acc.roles), acc.account_id
+        for (key, role) in acc.bucket_roles:  # storage roles: on the bucket, never on the project
+            bucket = "proj-photo-detector-data" if key == "data bucket" else "proj-photo-detector-pipelines"
+            assert email in project.iam.members(bucket, role), (acc.account_id, key, role)
+    assert not [r for r in st["bindings"] if r.startswith("roles/storage.")], "no project-wide storage role"
+    runtime = f"serviceAccount:{ACCOUNTS['runtime'].email('proj')}"
+    assert not [role for b in project.iam.state["policies"]["proj-photo-detector-data"]["bindings"]
+                for role in [b["role"]] if runtime in b["members"]], "the service cannot read the data bucket"
     assert {b.name for b in project.storage().list_buckets()} == {"proj-photo-detector-data",
                                                                    "proj-photo-detector-pipelines"}
     written = (project.tmp / "gcp.yaml").read_text()
@@ -116,6 +130,7 @@ def test_setup_creates_everything_once_and_a_second_run_changes_nothing(project:
     assert "nothing to change" in again.stdout and "shown once" not in again.stdout
     assert not [r for r in project.api.requests[before:] if r.method in MUTATING
                 and not r.path.endswith((":getIamPolicy", ":testIamPermissions"))]
+    assert len(project.iam.calls("PUT", r"/iam$")) == 2, "the second run wrote no bucket policy"
 
 
 def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(project: Project) -> None:
@@ -123,7 +138,7 @@ def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(pr
     out = project.cli("doctor", "--template", str(spec))
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert [line.split()[0] for line in lines] == ["PASS"] * 12, out.stdout
+    assert [line.split()[0] for line in lines] == ["PASS"] * 13, out.stdout
     st, gcs = project.api.state, project.storage()
 
     def fails(*expected: str) -> None:
@@ -145,6 +160,17 @@ def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(pr
     st["bindings"]["roles/run.developer"].clear()
     fails("runner roles")
     st["bindings"]["roles/run.developer"].add(f"serviceAccount:{ACCOUNTS['runner'].email('proj')}")
+    runtime = f"serviceAccount:{ACCOUNTS['runtime'].email('proj')}"
+    st["bindings"]["roles/storage.objectViewer"] = {runtime}  # what setup used to grant: every object
+    fails("storage roles")
+    flagged = project.cli("doctor", "--template", str(spec)).stdout
+    assert ("project-wide: roles/storage.objectViewer for photo-detector-service" in flagged and
+            f"gcloud projects remove-iam-policy-binding proj --member {runtime} --role roles/storage.objectViewer"
+            in flagged), flagged
+    del st["bindings"]["roles/storage.objectViewer"]
+    saved_policy = project.iam.state["policies"].pop("proj-photo-detector-pipelines")
+    fails("storage roles")
+    project.iam.state["policies"]["proj-photo-detector-pipelines"] = saved_policy
     st["caller_permissions"] = {"aiplatform.pipelineJobs.create", "storage.buckets.get"}
     fails("permissions")
     st["caller_permissions"] = None
@@ -168,7 +194,7 @@ def test_doctor_passes_on_a_ready_project_and_names_each_missing_prerequisite(pr
     for blob in gcs.list_blobs("proj-photo-detector-pipelines"):
         blob.delete()
     gcs.bucket("proj-photo-detector-pipelines").delete()
-    fails("pipeline bucket")
+    fails("pipeline bucket", "storage roles")  # a deleted bucket takes its IAM policy with it
 
 
 def test_submit_refuses_with_the_failing_checks_first(project: Project) -> None:
@@ -193,7 +219,7 @@ def test_doctor_without_network_or_credentials_fails_fast_one_line_each(tmp_path
     assert time.perf_counter() - start < 30, "seconds, not minutes of client retries"
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
     checks = [line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
-    assert len(checks) == 11 and all(line.startswith("FAIL") for line in checks[1:]), out.stdout
+    assert len(checks) == 12 and all(line.startswith("FAIL") for line in checks[1:]), out.stdout
     no_project = subprocess.run([sys.executable, "-m", "photo_detector", "doctor"], capture_output=True, text=True,
                                 env={k: v for k, v in env.items() if k != "PHOTO_DETECTOR_PROJECT"}, timeout=120)
     assert no_project.returncode == 1 and no_project.stdout.startswith("FAIL  credentials      no project")
@@ -213,8 +239,10 @@ def test_setup_and_doctor_read_api_errors_clearly(project: Project) -> None:
     project.env["PHOTO_DETECTOR_RETRY_BACKOFF"] = "0"
     project.api.fail("POST", r"/repositories$", 429, times=1)
     project.api.fail("POST", r"/serviceAccounts$", 409, times=1)
+    project.iam.fail("PUT", r"/iam$", 429, times=1)
     out = project.cli("setup")
     assert out.returncode == 0, out.stderr
+    assert len(project.iam.calls("PUT", r"/iam$")) == 3, "the bucket policy's 429 was retried (two buckets)"
     assert len(project.api.calls("POST", r"/repositories$")) == 3, "the 429 was retried (two repositories)"
     assert len(project.api.state["accounts"]) == 1, "the 409 account counts as there; the other was created"
     project.api.fail("POST", r":getIamPolicy$", 403, times=10)
@@ -223,6 +251,10 @@ def test_setup_and_doctor_read_api_errors_clearly(project: Project) -> None:
     assert doc.returncode == 1 and {"secrets", "runner"} <= set(lines), doc.stdout
     assert "HTTP 403" in lines["runner"] and "grant the missing role" in doc.stdout
     assert "Traceback" not in doc.stdout + doc.stderr
+    project.iam.fail("GET", r"/iam$", 403, times=10)
+    doc = project.cli("doctor")
+    storage = next(line for line in doc.stdout.splitlines() if line.startswith("FAIL  storage roles"))
+    assert "HTTP 403" in storage or "403" in storage, doc.stdout
 
 
 @pytest.mark.parametrize("command", [["submit"], ["schedule", "create", "--cron", "0 3 * * 1"]])

@@ -4,7 +4,7 @@ README renders the roles table from here (`photo-detector setup --print-roles`),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from photo_detector.cloud.naming import data_bucket, pipeline_bucket
 from photo_detector.config import Config
@@ -28,7 +28,10 @@ APIS: dict[str, str] = {
 class Account:
     account_id: str
     display_name: str
-    roles: dict[str, str]  # role -> why
+    roles: dict[str, str]  # project-level role -> why
+    # (bucket key of resources(), role) -> why: storage roles are granted on the bucket that needs them, never on
+    # the project (a project-wide storage role reads every object: the data bucket and every artifact)
+    bucket_roles: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def email(self, project: str) -> str:
         return f"{self.account_id}@{project}.iam.gserviceaccount.com"
@@ -38,16 +41,15 @@ class Account:
 ACCOUNTS: dict[str, Account] = {
     "runner": Account("photo-detector-pipelines", "photo-detector pipeline runs", {
         "roles/aiplatform.user": "run the pipeline's tasks; read and write ML Metadata and the Model Registry",
-        "roles/storage.objectAdmin": "read the data, write artifacts under the pipeline root",
         "roles/artifactregistry.reader": "pull the stage images",
         "roles/run.developer": "create and update the Cloud Run service",
         "roles/iam.serviceAccountUser": "deploy the service as the runtime account",
         "roles/secretmanager.secretAccessor": "read the smoke-test key",
-    }),
+    }, {("data bucket", "roles/storage.objectViewer"): "read the data",
+        ("pipeline bucket", "roles/storage.objectAdmin"): "write artifacts under the pipeline root (and read them)"}),
     "runtime": Account("photo-detector-service", "photo-detector prediction service", {
         "roles/secretmanager.secretAccessor": "read the API-key hashes",
-        "roles/storage.objectViewer": "read the model it serves",
-    }),
+    }, {("pipeline bucket", "roles/storage.objectViewer"): "read the model it serves (the models only)"}),
 }
 # What the person who submits runs must be allowed (doctor asks testIamPermissions for these).
 SUBMIT_PERMISSIONS = ("aiplatform.pipelineJobs.create", "aiplatform.schedules.create",
@@ -69,8 +71,24 @@ def resources(cfg: Config, project: str) -> dict[str, str]:
 
 def roles_table() -> str:
     """The roles per account as a Markdown table (rendered into the README)."""
-    lines = ["| account | role | why |", "|---|---|---|"]
+    names = resources_for_table()
+    lines = ["| account | role | scope | why |", "|---|---|---|---|"]
     for kind, acc in ACCOUNTS.items():
-        lines += [f"| {kind}: `{acc.account_id}@PROJECT.iam.gserviceaccount.com` | `{role}` | {why} |"
-                  for role, why in acc.roles.items()]
+        who = f"{kind}: `{acc.account_id}@PROJECT.iam.gserviceaccount.com`"
+        lines += [f"| {who} | `{role}` | project | {why} |" for role, why in acc.roles.items()]
+        lines += [f"| {who} | `{role}` | bucket `gs://{names[key]}` | {why} |"
+                  for (key, role), why in acc.bucket_roles.items()]
     return "\n".join(lines)
+
+
+def resources_for_table() -> dict[str, str]:
+    return {"data bucket": data_bucket("PROJECT"), "pipeline bucket": pipeline_bucket("PROJECT")}
+
+
+def bucket_grants(project: str, names: dict[str, str]) -> dict[str, set[tuple[str, str]]]:
+    """bucket -> the (role, member) bindings it must hold."""
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for acc in ACCOUNTS.values():
+        for (key, role) in acc.bucket_roles:
+            grants.setdefault(names[key], set()).add((role, f"serviceAccount:{acc.email(project)}"))
+    return grants

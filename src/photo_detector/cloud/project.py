@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from photo_detector.cloud.inventory import ACCOUNTS, APIS, SUBMIT_PERMISSIONS, T4_QUOTA, resources
+from photo_detector.cloud.clients import CALL_TIMEOUT, Clients
+from photo_detector.cloud.inventory import ACCOUNTS, APIS, SUBMIT_PERMISSIONS, T4_QUOTA, bucket_grants, resources
 from photo_detector.cloud.inventory import roles_table as roles_table  # the CLI's --print-roles
 from photo_detector.cloud.naming import data_bucket, pipeline_bucket
 from photo_detector.cloud.settings import Settings
@@ -22,85 +23,6 @@ from photo_detector.keys import hash_key, new_key
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT = 15.0  # seconds per API call in setup and doctor
-
-# ---------------------------------------------------------------------------------------------------------
-# Clients (REST and anonymous when an endpoint is redirected, the official default otherwise)
-
-
-@dataclass
-class Clients:
-    settings: Settings
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    def get(self, name: str) -> Any:
-        if name not in self.cache:
-            self.cache[name] = self._make(name)
-        return self.cache[name]
-
-    def _make(self, name: str) -> Any:
-        s = self.settings
-        if name == "service_usage":
-            from google.cloud import service_usage_v1
-            return s.client(name, service_usage_v1.ServiceUsageClient)
-        if name == "artifact_registry":
-            from google.cloud import artifactregistry_v1
-            return s.client(name, artifactregistry_v1.ArtifactRegistryClient)
-        if name == "secret_manager":
-            from photo_detector.cloud.secrets import secrets_client
-            return secrets_client(s)
-        if name == "iam":
-            return IamRest(s)
-        if name == "resource_manager":
-            from google.cloud import resourcemanager_v3
-            return s.client(name, resourcemanager_v3.ProjectsClient)
-        if name == "quotas":
-            from google.cloud import cloudquotas_v1
-            return s.client(name, cloudquotas_v1.CloudQuotasClient)
-        if name == "storage":
-            from google.cloud import storage
-            return storage.Client(project=s.project, credentials=s.credentials("storage"))
-        if name == "tensorboard":
-            from google.cloud import aiplatform_v1
-            return s.vertex_client(aiplatform_v1.TensorboardServiceClient)
-        raise KeyError(name)
-
-
-class IamRest:
-    """Service accounts through the IAM REST API (google-cloud-iam's admin client speaks gRPC only, which no
-    local fake or proxy can stand in for): the two calls setup and doctor make, with the same errors
-    (google.api_core exceptions) as the generated clients."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.base = (settings.endpoints.get("iam") or "https://iam.googleapis.com").rstrip("/")
-        self.settings = settings
-
-    def _session(self) -> Any:
-        from google.auth.transport.requests import AuthorizedSession
-
-        creds = self.settings.credentials("iam")
-        if creds is None:
-            import google.auth
-
-            creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        return AuthorizedSession(creds)
-
-    def _send(self, method: str, path: str, timeout: float, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        from google.api_core import exceptions as gexc
-
-        r = self._session().request(method, f"{self.base}/v1/{path}", json=body, timeout=timeout)
-        if r.status_code >= 400:
-            raise gexc.from_http_response(r)
-        return r.json()
-
-    def get_service_account(self, *, name: str, timeout: float = CALL_TIMEOUT, retry: Any = None) -> dict[str, Any]:
-        return self._send("GET", name, timeout)
-
-    def create_service_account(self, *, request: dict[str, Any], timeout: float = CALL_TIMEOUT,
-                               retry: Any = None) -> dict[str, Any]:
-        body = {"accountId": request["account_id"],
-                "serviceAccount": {"displayName": request["service_account"]["display_name"]}}
-        return self._send("POST", f"{request['name']}/serviceAccounts", timeout, body)
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -260,7 +182,42 @@ def plan_setup(cfg: Config, settings: Settings, clients: Clients | None = None) 
     steps.append(Step(f"grant {len(grants)} role(s): " + ", ".join(f"{r} to {m.split(':')[1].split('@')[0]}"
                                                                     for r, m in grants) if grants else
                       "grant roles: all granted", not grants, grant))
+
+    for bucket, want in sorted(bucket_grants(project, names).items()):  # storage roles: on the bucket only
+        absent = want - _bucket_bindings(gcs, bucket)  # (not `missing`: the APIs step's action reads that name)
+        steps.append(Step(f"grant on gs://{bucket}: " + ", ".join(f"{r} to {_who(m)}" for r, m in sorted(absent))
+                          if absent else f"grant roles on gs://{bucket}: all granted", not absent,
+                          _done(lambda b=bucket, w=want: _grant_bucket(gcs, b, w))))
     return steps
+
+
+def _who(member: str) -> str:
+    return member.split(":", 1)[1].split("@")[0]
+
+
+def _bucket_bindings(gcs: Any, bucket: str) -> set[tuple[str, str]]:
+    """(role, member) of a bucket's IAM policy; none for a bucket an earlier step of this run creates."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        policy = _call(gcs.bucket(bucket).get_iam_policy, requested_policy_version=3)
+    except gexc.NotFound:
+        return set()
+    return {(b["role"], m) for b in policy.bindings for m in b["members"]}
+
+
+def _grant_bucket(gcs: Any, bucket: str, want: set[tuple[str, str]]) -> None:
+    """Read-modify-write of the bucket's policy (its etag makes a concurrent change fail, not vanish)."""
+    handle = gcs.bucket(bucket)
+    policy = _call(handle.get_iam_policy, requested_policy_version=3)
+    have = {(b["role"], m) for b in policy.bindings for m in b["members"]}
+    for role, member in sorted(want - have):
+        binding = next((b for b in policy.bindings if b["role"] == role and not b.get("condition")), None)
+        if binding is None:
+            policy.bindings.append({"role": role, "members": {member}})
+        else:
+            binding["members"] = set(binding["members"]) | {member}
+    _call(handle.set_iam_policy, policy)
 
 
 def run_setup(cfg: Config, settings: Settings, *, dry_run: bool,
@@ -441,6 +398,24 @@ def run_doctor(cfg: Config, settings: Settings, *, spec: dict[str, Any] | None =
                          else f"{member.split(':')[1]} lacks {', '.join(missing)}",
                          "photo-detector setup grants them (the README lists why each is needed)")
         yield _safely("runner roles", runner_roles)
+
+    if want("storage roles"):
+        def storage_roles() -> Check:
+            gcs, names = clients.get("storage"), resources(cfg, project)
+            missing = [f"{r} on gs://{b} for {_who(m)}" for b, w in sorted(bucket_grants(project, names).items())
+                       for r, m in sorted(w - _bucket_bindings(gcs, b))]
+            policy = _call(clients.get("resource_manager").get_iam_policy, request={"resource": f"projects/{project}"})
+            ours = {f"serviceAccount:{a.email(project)}" for a in ACCOUNTS.values()}
+            wide = sorted((b.role, m) for b in policy.bindings if b.role.startswith("roles/storage.")
+                          for m in b.members if m in ours)
+            if wide:  # every object of the project, the data and every artifact: more than either account needs
+                found = ", ".join(f"{r} for {_who(m)}" for r, m in wide)
+                return Check("storage roles", False, f"project-wide: {found}",
+                             "; ".join(f"gcloud projects remove-iam-policy-binding {project} --member {m} --role {r}"
+                                       for r, m in wide) + " (setup grants the bucket-scoped roles instead)")
+            return Check("storage roles", not missing, "granted on the buckets only" if not missing else
+                         "missing: " + ", ".join(missing), "photo-detector setup grants them on the buckets")
+        yield _safely("storage roles", storage_roles)
 
     if want("permissions"):
         def permissions() -> Check:
