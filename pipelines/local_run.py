@@ -25,6 +25,10 @@ from photo_detector.stages import PIPELINE_PARAMETERS, STAGE_LOG_ENV
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '?([\w.-]+)'?")
 _FAILED = re.compile(r"Inner task failed: '?([\w.-]+)'?")
+_TASK_END = re.compile(r"Task '?([\w.-]+)'? finished with status (\w+)")
+# a tqdm line (the task's stderr arrives line by line): "desc:  42%|####  | 21/50 [00:03<00:04, 6.1img/s]"
+_BAR = re.compile(r"^\s*(?P<desc>[^|]*?):\s+(?P<pct>\d+)%\|.*\|\s*(?P<n>\d+)/(?P<total>\d+)\s+"
+                  r"\[(?P<elapsed>[^<\]]+)<(?P<eta>[^,\]]+),\s*(?P<rate>[^\]]+)\]")
 
 
 @dataclass
@@ -66,17 +70,60 @@ def pipeline_arguments(cfg: Config, data_uri: str, *, dry_run: bool = True) -> d
 
 
 class _TaskLogSplitter(io.TextIOBase):
-    """Passes kfp's output through and copies each task's lines into `logs/<task>.log`."""
+    """Copies each task's lines into `logs/<task>.log`; passes kfp's output through when `verbose`, else shows
+    one line per task start and end (with the stage's key numbers from `stage_log`) and each progress bar as
+    one line updated in place on a terminal, or at 0, 50 and 100% otherwise."""
 
-    def __init__(self, target: Any, log_dir: Path) -> None:
-        self.target, self.log_dir = target, log_dir
+    def __init__(self, target: Any, log_dir: Path, *, verbose: bool = True, stage_log: Path | None = None) -> None:
+        self.target, self.log_dir, self.verbose, self.stage_log = target, log_dir, verbose, stage_log
         self.files: dict[str, Path] = {}
         self._current: Any = None
         self._buffer = ""
+        self._tty = bool(getattr(target, "isatty", lambda: False)())
+        self._bars: dict[str, int] = {}  # desc -> the last percentage shown
+        self._open_bar = False
         log_dir.mkdir(parents=True, exist_ok=True)
 
+    def _show(self, line: str, *, in_place: bool = False) -> None:
+        if in_place:
+            self.target.write("\r\x1b[2K" + line)
+            self._open_bar = True
+        else:
+            self.target.write(("\n" if self._open_bar else "") + line + "\n")
+            self._open_bar = False
+        self.target.flush()
+
+    def _quiet(self, line: str) -> None:
+        if m := _TASK_START.search(line):
+            self._show(f"  {m.group(1):<13} started")
+        elif m := _TASK_END.search(line):
+            record = self._record(m.group(1))
+            if record:
+                summary = record.get("summary") or {}
+                numbers = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in summary.items() if isinstance(v, int | float | bool))
+                self._show(f"  {m.group(1):<13} {m.group(2).lower()} in {record['seconds']:.1f}s  {numbers}")
+            else:
+                self._show(f"  {m.group(1):<13} {m.group(2).lower()}")
+        elif m := _BAR.search(line):
+            desc, pct = m.group("desc").strip() or "progress", int(m.group("pct"))
+            text = (f"    {desc}: {pct}% {m.group('n')}/{m.group('total')} at {m.group('rate').strip()}, "
+                    f"eta {m.group('eta').strip()}")
+            if self._tty:
+                self._show(text, in_place=pct < 100)
+            elif (pct in (0, 100) or pct >= 50 > self._bars.get(desc, -1)) and self._bars.get(desc) != pct:
+                self._show(text)
+            self._bars[desc] = pct if pct < 100 else -1  # a finished bar of the same name may start again
+
+    def _record(self, stage: str) -> dict[str, Any] | None:
+        if not self.stage_log or not self.stage_log.exists():
+            return None
+        records = [json.loads(x) for x in self.stage_log.read_text().splitlines() if x.strip()]
+        return next((r for r in reversed(records) if r.get("stage") == stage), None)
+
     def write(self, text: str) -> int:
-        self.target.write(text)
+        if self.verbose:
+            self.target.write(text)
         self._buffer += text
         while "\n" in self._buffer:
             line, self._buffer = self._buffer.split("\n", 1)
@@ -84,6 +131,8 @@ class _TaskLogSplitter(io.TextIOBase):
         return len(text)
 
     def _line(self, line: str) -> None:
+        if not self.verbose:
+            self._quiet(line)
         match = _TASK_START.search(line)
         if match:
             if self._current:
@@ -104,8 +153,8 @@ class _TaskLogSplitter(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def _split_stdout(log_dir: Path) -> Iterator[_TaskLogSplitter]:
-    splitter = _TaskLogSplitter(sys.stdout, log_dir)
+def _split_stdout(log_dir: Path, *, verbose: bool = True, stage_log: Path | None = None) -> Iterator[_TaskLogSplitter]:
+    splitter = _TaskLogSplitter(sys.stdout, log_dir, verbose=verbose, stage_log=stage_log)
     saved = sys.stdout
     sys.stdout = splitter  # type: ignore[assignment]
     try:
@@ -116,8 +165,10 @@ def _split_stdout(log_dir: Path) -> Iterator[_TaskLogSplitter]:
 
 
 def run_local(cfg: Config, *, out: str | Path = "runs", data: str | Path | None = None, per_class: int = 800,
-              seed: int = 42) -> LocalRunResult:
-    """Run the DAG on `data` (default: freshly generated sample data) in a new folder under `out`."""
+              seed: int = 42, verbose: bool = True) -> LocalRunResult:
+    """Run the DAG on `data` (default: freshly generated sample data) in a new folder under `out`. Every
+    task's full output goes to logs/<task>.log; `verbose` also streams it, else one line per task start and
+    end and one progress line per long loop reach the terminal."""
     from kfp import local
 
     from photo_detector.data.sample import generate_sample
@@ -137,7 +188,8 @@ def run_local(cfg: Config, *, out: str | Path = "runs", data: str | Path | None 
     os.environ[STAGE_LOG_ENV] = str(stage_log)
     start = time.perf_counter()
     try:
-        with _split_stdout(run_dir / "logs") as splitter, warnings.catch_warnings():
+        with _split_stdout(run_dir / "logs", verbose=verbose, stage_log=stage_log) as splitter, \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             try:

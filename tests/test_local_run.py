@@ -102,3 +102,21 @@ def test_differing_jpeg_qualities_stop_with_the_remedy_and_align_reaches_the_gat
     aligned = run_local(tiny_config(**{"verify.shortcut_policy": "align"}), out=tmp_path / "runs", data=data)
     gate_decision(aligned)
     assert aligned.stage("verify-data")["status"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_the_sample_run_prints_a_screenful_and_ends_with_the_summary(tmp_path: Path) -> None:
+    """A newcomer's first command (the README's): one line per stage start and end, a few per progress bar,
+    the summary last; everything else is in logs/<task>.log."""
+    out = subprocess.run([sys.executable, "-m", "photo_detector", "run-local", "--out", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=1200)
+    lines = (out.stdout + out.stderr).splitlines()
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert len(lines) <= 60, f"{len(lines)} lines:\n" + "\n".join(lines)
+    assert out.stdout.rstrip().splitlines()[-1].startswith("deploy (dry run): plan in ")
+    assert "gate PASSED" in out.stdout or "gate FAILED" in out.stdout
+    for stage in ("fingerprint", "verify-data", "train", "evaluate", "quality-gate", "deploy"):
+        assert f"  {stage:<13} started" in out.stdout and f"  {stage:<13} success in " in out.stdout, stage
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert "executorInput" in (run_dir / "logs" / "train.log").read_text() or \
+        (run_dir / "logs" / "train.log").stat().st_size > 1000  # the full output went to the log

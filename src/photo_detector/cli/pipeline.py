@@ -30,7 +30,8 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     from photo_detector.pipelines.local_run import run_local
 
     cfg = config_from(args, {"train.epochs": args.epochs})
-    res = run_local(cfg, out=args.out, data=args.data, per_class=args.per_class)
+    res = run_local(cfg, out=args.out, data=args.data, per_class=args.per_class,
+                    verbose=args.stream or args.verbose)
     print(f"\nrun folder: {res.run_dir}  ({res.wall_seconds:.1f}s; kfp overhead "
           f"{res.kfp_overhead_per_task:.2f}s per task over {len(res.stages)} tasks)")
     for record in res.stages:
@@ -108,6 +109,9 @@ def add_run_local(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the timestamped run folder")
     p.add_argument("--per-class", type=int, default=800, help="sample images per class when generating")
     p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--verbose", dest="stream", action="store_true",
+                   help="stream every task's full output (default: one line per stage and per progress bar; the "
+                        "full output is in <run folder>/logs/<task>.log either way)")
     p.set_defaults(func=cmd_run_local)
 
 
