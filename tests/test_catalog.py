@@ -109,9 +109,9 @@ def test_batch_predict_submits_on_the_champion_and_follows_the_job(vertex_and_gc
     os.environ.update(env)
     try:
         cfg = load_config()
-        model = register_version(resolve(cfg), cfg, artifact_uri="gs://b/run1/model", serving_image="r/serve@sha256:a",
-                                 metrics={"accuracy": 0.9}, data_digest="sha256:" + "ab" * 32,
-                                 pipeline_run="run-1", model_version="m-1")
+        model = register_version(resolve(cfg), cfg, artifact_uri="gs://shop/run1/model",
+                                 serving_image="r/serve@sha256:a", metrics={"accuracy": 0.9},
+                                 data_digest="sha256:" + "ab" * 32, pipeline_run="run-1", model_version="m-1")
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -132,6 +132,11 @@ def test_batch_predict_submits_on_the_champion_and_follows_the_job(vertex_and_gc
     assert [json.loads(line) for line in lines] == [{"gcs_uri": f"gs://shop/{n}"} for n in sorted(names[:6])]
     assert "state: JOB_STATE_RUNNING" in r.stdout and "state: JOB_STATE_SUCCEEDED" in r.stdout
     assert "predictions: gs://shop/scores/prediction-photo-detector-" in r.stdout and "6 instances" in r.stdout
+
+    gcs.create_bucket("elsewhere").blob("catalog/a.jpg").upload_from_string(b"\xff\xd8\xff")
+    outside = cli("batch-predict", "--source", "gs://elsewhere/catalog", "--out", "gs://shop/scores", env=env)
+    assert outside.returncode == 2 and "reads images only under its model's bucket gs://shop/" in outside.stderr
+    assert len(api.calls("POST", r"batchPredictionJobs$")) == 1, "refused before submitting"
 
     api.batch_final_state = "JOB_STATE_FAILED"
     failed = cli("batch-predict", "--source", "gs://shop/catalog", "--out", "gs://shop/scores", "--poll-seconds",

@@ -44,6 +44,17 @@ def list_images(uri: str) -> list[str]:
     return found
 
 
+def _check_readable(source: str, model_uri: str) -> None:
+    """Under Vertex AI the prediction container reads `gcs_uri` instances only from its model's own bucket
+    (serve.gcs_allowed_prefixes): refuse a catalog elsewhere before anything is written or submitted."""
+    allowed = f"gs://{split_uri(model_uri)[0]}/" if model_uri.startswith("gs://") else ""
+    if not allowed or not f"{source.rstrip('/')}/".startswith(allowed):
+        raise PhotoDetectorError(
+            f"the prediction container reads images only under its model's bucket {allowed or '(none)'}, and "
+            f"{source} is elsewhere", f"copy them there first (gcloud storage cp -r {source} {allowed}catalog/) "
+                                      f"and pass --source {allowed}catalog/")
+
+
 def write_instances(images: list[str], out_uri: str, stamp: str) -> str:
     """The instances file Vertex reads, one `{"gcs_uri": ...}` per line; returns its gs:// URI."""
     bucket, prefix = split_uri(out_uri)
@@ -74,13 +85,14 @@ def batch_predict(settings: Settings, cfg: Config, source: str, out: str, *, mac
     split_uri(out)  # a bad output URI fails before anything is listed
     images = list_images(source)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    instances_uri = write_instances(images, out, stamp)
     init_vertex(settings)
     parent = find_model(settings, cfg)
     if parent is None:
         raise PhotoDetectorError(f"no model '{cfg.gcp.model_name}' in the Model Registry",
                                  "deploy one first (a pipeline run whose model passes the gate registers it)")
     model = f"{parent.resource_name}@{CHAMPION}"
+    _check_readable(source, with_retries("reading the champion", lambda: aiplatform.Model(model_name=model).uri))
+    instances_uri = write_instances(images, out, stamp)
     job = with_retries("creating the batch prediction job", lambda: aiplatform.BatchPredictionJob.submit(
         job_display_name=f"{cfg.gcp.model_name}-batch-{stamp}", model_name=model, instances_format="jsonl",
         predictions_format="jsonl", gcs_source=instances_uri, gcs_destination_prefix=out.rstrip("/"),
