@@ -71,8 +71,8 @@ def pipeline_arguments(cfg: Config, data_uri: str, *, dry_run: bool = True) -> d
 
 class _TaskLogSplitter(io.TextIOBase):
     """Copies each task's lines into `logs/<task>.log`; passes kfp's output through when `verbose`, else shows
-    one line per task start and end (with the stage's key numbers from `stage_log`) and each progress bar as
-    one line updated in place on a terminal, or at 0, 50 and 100% otherwise."""
+    one line per task start and end (with the stage's key numbers from `stage_log`) and the progress bars as
+    one line updated in place on a terminal, or a few finished bars per loop otherwise."""
 
     def __init__(self, target: Any, log_dir: Path, *, verbose: bool = True, stage_log: Path | None = None) -> None:
         self.target, self.log_dir, self.verbose, self.stage_log = target, log_dir, verbose, stage_log
@@ -80,7 +80,7 @@ class _TaskLogSplitter(io.TextIOBase):
         self._current: Any = None
         self._buffer = ""
         self._tty = bool(getattr(target, "isatty", lambda: False)())
-        self._bars: dict[str, int] = {}  # desc -> the last percentage shown
+        self._bars: dict[str, float] = {}  # a bar family -> when its last line was shown
         self._open_bar = False
         log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -109,11 +109,16 @@ class _TaskLogSplitter(io.TextIOBase):
             desc, pct = m.group("desc").strip() or "progress", int(m.group("pct"))
             text = (f"    {desc}: {pct}% {m.group('n')}/{m.group('total')} at {m.group('rate').strip()}, "
                     f"eta {m.group('eta').strip()}")
-            if self._tty:
-                self._show(text, in_place=pct < 100)
-            elif (pct in (0, 100) or pct >= 50 > self._bars.get(desc, -1)) and self._bars.get(desc) != pct:
+            if self._tty:  # one line, rewritten in place until the next stage line
+                self._show(text, in_place=True)
+                return
+            # Otherwise a loop's bars (epoch 1/20, epoch 2/20, ...) are one family: its first finished bar,
+            # then one every 30 s, so a long loop takes a few lines however many bars it draws.
+            family = re.sub(r"\d+", "N", desc)
+            now = time.monotonic()
+            if pct == 100 and now - self._bars.get(family, -1e9) >= 30:
+                self._bars[family] = now
                 self._show(text)
-            self._bars[desc] = pct if pct < 100 else -1  # a finished bar of the same name may start again
 
     def _record(self, stage: str) -> dict[str, Any] | None:
         if not self.stage_log or not self.stage_log.exists():

@@ -120,3 +120,29 @@ def test_the_sample_run_prints_a_screenful_and_ends_with_the_summary(tmp_path: P
     run_dir = next((tmp_path / "runs").iterdir())
     assert "executorInput" in (run_dir / "logs" / "train.log").read_text() or \
         (run_dir / "logs" / "train.log").stat().st_size > 1000  # the full output went to the log
+
+
+def test_quiet_output_is_a_line_per_stage_and_a_few_per_loop(tmp_path: Path) -> None:
+    """What kfp prints for a task (its executor input, every tqdm redraw of twenty epochs) becomes a start line,
+    one finished bar and an end line with the stage's numbers; the task's log keeps every line."""
+    import io
+
+    from photo_detector.pipelines.local_run import _TaskLogSplitter
+
+    stage_log = tmp_path / "stages.jsonl"
+    stage_log.write_text(json.dumps({"stage": "train", "status": "succeeded", "seconds": 12.5,
+                                     "summary": {"best_epoch": 7, "val_accuracy": 0.9123, "model": "/x"}}) + "\n")
+    kfp = ["Executing task 'train'", '    {"executorInput": {"inputs": {}}}']
+    for e in range(1, 21):
+        kfp += [f"    epoch {e}/20: {p}%|#   | {p * 35 // 100}/35 [00:0{e % 10}<00:01, 6.1batch/s]"
+                for p in (0, 50, 100)]
+    kfp += ["INFO photo_detector.train: epoch 20/20 ...", "Task 'train' finished with status SUCCESS"]
+    out = io.StringIO()
+    splitter = _TaskLogSplitter(out, tmp_path / "logs", verbose=False, stage_log=stage_log)
+    splitter.write("\n".join(kfp) + "\n")
+    splitter.close_files()
+    shown = out.getvalue().splitlines()
+    assert shown[0] == "  train         started" and len(shown) == 3, shown
+    assert shown[1].startswith("    epoch 1/20: 100% 35/35 at 6.1batch/s")
+    assert shown[2] == "  train         success in 12.5s  best_epoch 7, val_accuracy 0.9123"
+    assert len((tmp_path / "logs" / "train.log").read_text().splitlines()) == len(kfp)

@@ -110,7 +110,7 @@ def add_run_local(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=800, help="sample images per class when generating")
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--verbose", dest="stream", action="store_true",
-                   help="stream every task's full output (default: one line per stage and per progress bar; the "
+                   help="stream every task's full output (default: one line per stage start and end, one per loop; the "
                         "full output is in <run folder>/logs/<task>.log either way)")
     p.set_defaults(func=cmd_run_local)
 
