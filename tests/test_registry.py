@@ -25,8 +25,8 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVertex]:
     server.shutdown()
 
 
-def register(n: int, acc: float) -> dict:
-    cfg = load_config()
+def register(n: int, acc: float, **overrides: object) -> dict:
+    cfg = load_config(None, overrides)
     return register_version(resolve(cfg), cfg, artifact_uri=f"gs://b/run{n}/model", serving_image="r/serve@sha256:ab",
                             metrics={"accuracy": acc, "f1": acc - 0.01}, data_digest="sha256:" + "cd" * 32,
                             pipeline_run=f"photo-detector-training-{n}", model_version=f"m-{n:012d}")
@@ -107,3 +107,11 @@ def test_evaluation_import_retries_a_5xx_and_names_a_missing_version(registry: F
     assert at[0.7]["recall"] == 0.0 and metrics["auPrc"] == 0.96
     with pytest.raises(gexc.NotFound, match="not found"):
         import_evaluation(resolve(cfg), first["resource_name"], "9", result)
+
+
+def test_allowed_gcs_prefixes_reach_the_registered_container(registry: FakeVertex) -> None:
+    register(1, 0.9, **{"serve.gcs_allowed_prefixes": ["gs://catalog/a/", "gs://catalog/b/"]})
+    register(2, 0.9)
+    first, second = (c.body["model"]["containerSpec"] for c in registry.calls("POST", r"models:upload$"))
+    assert first["env"] == [{"name": "PHOTO_DETECTOR_GCS_ALLOWED_PREFIXES", "value": "gs://catalog/a/,gs://catalog/b/"}]
+    assert "env" not in second  # unset: the container's own default (the job's storage under Vertex)

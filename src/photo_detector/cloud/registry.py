@@ -57,6 +57,9 @@ def register_version(settings: Settings, cfg: Config, *, artifact_uri: str, serv
         display_name=cfg.gcp.model_name, artifact_uri=artifact_uri, serving_container_image_uri=serving_image,
         serving_container_predict_route=VERTEX_PREDICT_ROUTE, serving_container_health_route=VERTEX_HEALTH_ROUTE,
         serving_container_ports=[VERTEX_PORT],
+        # serve.gcs_allowed_prefixes reaches an endpoint or batch job's container as on Cloud Run (run_service)
+        serving_container_environment_variables={"PHOTO_DETECTOR_GCS_ALLOWED_PREFIXES": ",".join(
+            cfg.serve.gcs_allowed_prefixes)} if cfg.serve.gcs_allowed_prefixes else None,
         parent_model=parent.resource_name if parent else None, is_default_version=True,
         version_aliases=[CHAMPION], version_description=described, labels=labels, sync=True))
     info = {"resource_name": model.resource_name, "version_id": model.version_id, "aliases": [CHAMPION],
