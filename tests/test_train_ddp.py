@@ -58,7 +58,8 @@ def first_step_gradients(data_dir: Path, cfg: Config, shard: Shard) -> dict[str,
     trainer = _Trainer(cfg, data_dir, shard)
     trainer.build(load_pretrained=False)
     trainer.model.train()
-    loss, _, _ = trainer.forward_batch(torch.randperm(len(trainer.train_store), generator=trainer.shuffle_gen), 0)
+    idx, xb = next(trainer.epoch_batches(1))
+    loss, _, _ = trainer.forward_batch(idx, xb)
     loss.backward()
     return {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
 

@@ -16,6 +16,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
+from photo_detector.data.packed import read_packed
 from photo_detector.errors import DataError
 from photo_detector.verify import jpeg_quality, perceptual_hash, run_verify
 
@@ -54,7 +55,7 @@ def test_clean_data_passes_packs_and_reports(data: Path, tmp_path: Path) -> None
     assert err is None and res.errors == []
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["digest"] == res.digest and manifest["splits"]["train"]["count"] == 44
-    images = np.load(tmp_path / "out" / "train.images.npy")
+    images = read_packed(tmp_path / "out", "train").read_all()
     assert images.shape == (44, 40, 40, 3) and images.dtype == np.uint8
     assert res.metrics()["train_real"] == 22.0 and res.metrics()["errors"] == 0.0
     assert "PASSED" in (tmp_path / "out" / "verify_report.md").read_text()
@@ -148,7 +149,7 @@ def test_leakage_quarantines_the_held_out_twin_and_evaluation_skips_it(data: Pat
     assert (res.metrics()["quarantined_val"], res.metrics()["quarantined_test"]) == (1.0, 1.0)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "val/ai_generated/leak.png" not in manifest["splits"]["val"]["paths"]
-    assert manifest["splits"]["val"]["count"] == 9 == len(np.load(tmp_path / "out" / "val.images.npy"))
+    assert manifest["splits"]["val"]["count"] == 9 == len(read_packed(tmp_path / "out", "val").read_all())
     assert manifest["splits"]["train"]["count"] == 44, "training images are never dropped"
     assert "test/real/copy.jpg" not in manifest["files"]["test"]["paths"]
     md = (tmp_path / "out" / "verify_report.md").read_text()
@@ -191,7 +192,7 @@ def test_align_reencodes_every_image_then_the_check_passes(data: Path, tmp_path:
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["shortcut"]["policy"] == "align"
     # The packed fake (a PNG) is what its JPEG re-encoding at quality 80 decodes to, not its own pixels.
-    packed = np.load(tmp_path / "out" / "train.images.npy")
+    packed = read_packed(tmp_path / "out", "train").read_all()
     first_fake = manifest["splits"]["train"]["paths"].index("train/ai_generated/img_00000.png")
     original = np.asarray(Image.open(data / "train" / "ai_generated" / "img_00000.png").convert("RGB"))
     buf = io.BytesIO()

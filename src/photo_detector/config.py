@@ -62,6 +62,7 @@ class VerifyConfig:
     leakage: str = _f("quarantine", choices=("quarantine", "error"))
     max_quarantine_fraction: float = _f(0.05, lo=0.0, hi=1.0)
     workers: int = _f(0, lo=0, hi=256)
+    shard_mb: float = _f(128.0, lo=0.001, hi=4096.0)
 
 
 @dataclass
@@ -92,6 +93,10 @@ class TrainConfig:
     max_minutes: float = _f(180.0, lo=0.0, hi=1e6)
     # Training processes, one per GPU (DDP); data.batch_size stays the global batch. On the CPU: gloo processes.
     gpus: int = _f(1, lo=1, hi=16)
+    # Mid-epoch checkpoints (step, sampler position, every RNG) at most this far apart; 0 = epoch ends only.
+    checkpoint_every_minutes: float = _f(10.0, lo=0.0, hi=1e6)
+    # Machines (Vertex AI CustomJob replicas) with train.gpus processes each; one torch.distributed job.
+    nodes: int = _f(1, lo=1, hi=64)
 
 
 @dataclass

@@ -244,9 +244,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data
     known images. They should be the validation images of the data the checkpoint was trained on."""
     from photo_detector.artifacts import BEST
     from photo_detector.data.augment import eval_transform, uint8_nchw
-    from photo_detector.data.layout import discover_split
-    from photo_detector.data.packed import is_packed, read_manifest, read_packed
-    from photo_detector.data.store import load_store, store_size_for
+    from photo_detector.data.loader import Rows, batches_of, open_split
     from photo_detector.io import prepare_output_dir
     from photo_detector.metrics import binary_metrics
     from photo_detector.model import build_model
@@ -267,22 +265,19 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: Config, data
         raise PhotoDetectorError(f"checkpoint {checkpoint} {fits} ({len(result.missing_keys)} missing, "
                                  f"{len(result.unexpected_keys)} unexpected keys: {shown})", how)
     model.eval()
-    if is_packed(data_dir):
-        store, size = read_packed(data_dir, "val"), int(read_manifest(data_dir)["store_size"])
-    else:
-        split = discover_split(data_dir, "val")
-        size = store_size_for(split.paths, cfg.data.resize_size)
-        store = load_store(split, size, cfg.data.num_workers)
+    store = open_split(data_dir, "val", cfg)  # a verify-data output is read batch by batch, never whole
+    size = store.size
     pp = Preprocess(size, cfg.data.resize_size, cfg.data.image_size, tuple(cfg.data.mean),
                     tuple(cfg.data.std))  # type: ignore[arg-type]
     with torch.inference_mode():
-        x = eval_transform(uint8_nchw(torch.from_numpy(np.array(store.images))), pp)
-        probs = torch.sigmoid(torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)])).numpy()
+        probs = torch.sigmoid(torch.cat([model(eval_transform(uint8_nchw(torch.from_numpy(store.read(b))), pp))
+                                         for b in batches_of(len(store), 64)])).numpy()
     val = {f"val_{k}": v for k, v in binary_metrics(probs, store.labels, cfg.thresholds.classification).items()}
     prepare_output_dir(out, force=force)
     with atomic_path(out / BEST) as tmp:
         torch.save({"model_state_dict": model.state_dict(), "source": str(checkpoint)}, tmp)
-    meta = export_model_folder(model, out, cfg, pp, store.images, store.labels, checkpoint_file=BEST,
+    images, labels = Rows(store), store.labels  # read a batch at a time by calibration, parity and smoke
+    meta = export_model_folder(model, out, cfg, pp, images, labels, checkpoint_file=BEST,
                                val_metrics=val, val_images=len(store), source_checkpoint=str(checkpoint),
                                source_checkpoint_sha256=digest, data_digest="")
     log.info("exported %s to %s: val accuracy %.4f on %d images from %s", checkpoint, out, val["val_accuracy"],

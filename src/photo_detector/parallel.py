@@ -41,6 +41,7 @@ class Shard:
     rank: int = 0
     world: int = 1
     device: str = "cpu"  # where collectives put their tensors: NCCL takes only CUDA tensors
+    local_rank: int = 0  # this process's GPU on its machine (rank = node * processes per node + local_rank)
 
     @property
     def main(self) -> bool:
@@ -200,6 +201,69 @@ def data_parallel(model: nn.Module, device: torch.device, shard: Shard) -> nn.Mo
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Several machines: where this one sits in the job
+
+CLUSTER_SPEC = "CLUSTER_SPEC"
+DEFAULT_PORT = 2222  # the port CLUSTER_SPEC lists for every replica, open between the job's machines
+
+
+@dataclass(frozen=True)
+class Node:
+    """This machine's place among `nodes` (Node() on one machine) and where process 0 listens."""
+
+    rank: int = 0
+    nodes: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0: a free local port (one machine)
+
+
+def rendezvous(nodes: int, environ: dict[str, str] | None = None) -> Node:
+    """The machine's place in a `nodes`-machine job, from what Vertex AI sets on every replica.
+
+    The rule: MASTER_ADDR, MASTER_PORT and RANK (this machine's index; WORLD_SIZE machines), when all set,
+    as Vertex sets them for PyTorch jobs; else CLUSTER_SPEC: workerpool0 holds the primary replica (machine
+    0, whose address and port are the rendezvous) and workerpool1 the others (machine 1 + task.index).
+    train.nodes must equal the job's replica count: a mismatch would hang in the rendezvous, so it is an
+    error here. One machine (nodes=1) ignores the environment: a plain task on Vertex sets CLUSTER_SPEC too.
+    """
+    import json
+
+    env = os.environ if environ is None else environ
+    if nodes == 1:
+        return Node()
+    how = ("train.nodes > 1 runs only as a multi-replica Vertex AI CustomJob (the pipeline compiled with "
+           "train.nodes), or with MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE set on every machine")
+    if all(k in env for k in ("MASTER_ADDR", "MASTER_PORT", "RANK")):
+        found = int(env.get("WORLD_SIZE", nodes))
+        node = Node(int(env["RANK"]), found, env["MASTER_ADDR"], int(env["MASTER_PORT"]))
+        source = "MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE"
+    elif env.get(CLUSTER_SPEC):
+        try:
+            spec = json.loads(env[CLUSTER_SPEC])
+            cluster, task = spec["cluster"], spec["task"]
+            primary, workers = cluster["workerpool0"], cluster.get("workerpool1", [])
+            rank = 0 if task["type"] == "workerpool0" else 1 + int(task["index"])
+            if task["type"] not in ("workerpool0", "workerpool1"):
+                raise ValueError(f"task type {task['type']!r} is neither workerpool0 nor workerpool1")
+            host, _, port = primary[0].rpartition(":")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise PhotoDetectorError(f"the {CLUSTER_SPEC} environment variable is not a Vertex AI cluster spec: "
+                                     f"{exc}", how) from None
+        found = len(primary) + len(workers)
+        node = Node(rank, found, host or primary[0], int(port) if port else DEFAULT_PORT)
+        source = CLUSTER_SPEC
+    else:
+        raise PhotoDetectorError(f"config key 'train.nodes' is {nodes} but this machine has no cluster spec", how)
+    if found != nodes or not 0 <= node.rank < nodes:
+        raise PhotoDetectorError(f"config key 'train.nodes' is {nodes} but {source} describes {found} machine(s) "
+                                 f"(this one: {node.rank})", "compile the pipeline with the same train.nodes "
+                                 "the job runs with")
+    log.info("machine %d of %d; rendezvous at %s:%d (from %s)", node.rank, nodes, node.master_addr,
+             node.master_port, source)
+    return node
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Launching one process per device
 
 
@@ -209,24 +273,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, backend: str, log_level: int, target: Callable[..., Any],
+def _worker(local: int, per_node: int, node: Node, backend: str, log_level: int, target: Callable[..., Any],
             args: tuple[Any, ...], results: Any, parent: int) -> None:
     """One training process: join the group, run `target(*args, shard)`, report the result or the error."""
     die_with_parent(parent)
+    rank, world = node.rank * per_node + local, node.nodes * per_node
     logging.basicConfig(level=log_level if rank == 0 else max(log_level, logging.WARNING),
                         format=f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s", stream=sys.stderr)
     from photo_detector.io import usable_cores
 
-    torch.set_num_threads(max(1, usable_cores() // world))
+    torch.set_num_threads(max(1, usable_cores() // per_node))
     if backend == "nccl":
-        torch.cuda.set_device(rank)
+        torch.cuda.set_device(local)
     try:
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(minutes=30))
-        result = target(*args, Shard(rank, world, f"cuda:{rank}" if backend == "nccl" else "cpu"))
+        dist.init_process_group(backend, init_method=f"tcp://{node.master_addr}:{node.master_port}", rank=rank,
+                                world_size=world, timeout=timedelta(minutes=30))
+        result = target(*args, Shard(rank, world, f"cuda:{local}" if backend == "nccl" else "cpu", local))
         # Plain pickle, by value: the queue's own pickler would pass tensors as shared-memory handles that
         # die with this process.
-        results.put((rank, "ok", pickle.dumps(result if rank == 0 else None)))
+        results.put((local, "ok", pickle.dumps(result if rank == 0 else None)))
     except BaseException as exc:
         try:
             payload = pickle.dumps(exc)
@@ -236,24 +301,30 @@ def _worker(rank: int, world: int, port: int, backend: str, log_level: int, targ
                                                       f"{exc}"))
         if not isinstance(exc, PhotoDetectorError):
             traceback.print_exc()
-        results.put((rank, "error", payload))
+        results.put((local, "error", payload))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def launch(target: Callable[..., Any], args: tuple[Any, ...], world: int, backend: str) -> Any:
-    """Run `target(*args, shard)` in `world` spawned processes and return rank 0's result. The first failure
-    stops every process (a survivor would wait in a collective forever) and is re-raised here as it was
-    raised there. Spawned, not forked: CUDA cannot be used in a forked child once the parent touched it."""
+def launch(target: Callable[..., Any], args: tuple[Any, ...], world: int, backend: str,
+           node: Node | None = None) -> Any:
+    """Run `target(*args, shard)` in `world` spawned processes on this machine and return rank 0's result
+    (None on a machine other than the first of `node.nodes`, which runs ranks node.rank * world + i). The
+    first failure stops every process here (a survivor would wait in a collective forever; the other
+    machines' processes fail in theirs) and is re-raised as it was raised there. Spawned, not forked: CUDA
+    cannot be used in a forked child once the parent touched it."""
     import multiprocessing as mp
 
+    node = node or Node()
+    if not node.master_port:
+        node = Node(node.rank, node.nodes, node.master_addr, _free_port())
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
     level = logging.getLogger().getEffectiveLevel()
-    log.info("starting %d training processes (%s backend)", world, backend)
-    procs = [ctx.Process(target=_worker, args=(r, world, port, backend, level, target, args, results, os.getpid()),
+    log.info("starting %d training processes (%s backend)%s", world, backend,
+             f" on machine {node.rank} of {node.nodes}" if node.nodes > 1 else "")
+    procs = [ctx.Process(target=_worker, args=(r, world, node, backend, level, target, args, results, os.getpid()),
                          name=f"photo-detector-train-{r}") for r in range(world)]
     for p in procs:
         p.start()
@@ -273,7 +344,7 @@ def launch(target: Callable[..., Any], args: tuple[Any, ...], world: int, backen
             done.add(rank)
             if status == "error":
                 raise pickle.loads(payload)
-            if rank == 0:
+            if rank == 0 and node.rank == 0:
                 outcome = pickle.loads(payload)
     finally:
         for p in procs:  # after a failure the others may wait in a collective: stop them
@@ -284,16 +355,18 @@ def launch(target: Callable[..., Any], args: tuple[Any, ...], world: int, backen
     return outcome
 
 
-def check_world(world: int, device: torch.device, batch_size: int) -> None:
-    """Fail before spawning anything when the request cannot work."""
+def check_world(world: int, device: torch.device, batch_size: int, nodes: int = 1) -> None:
+    """Fail before spawning anything when the request cannot work (`world` processes on each of `nodes`)."""
     if device.type == "cuda" and torch.cuda.device_count() < world:
         raise PhotoDetectorError(
             f"config key 'train.gpus' is {world} but {torch.cuda.device_count()} GPU(s) are visible",
             "attach that many GPUs (the pipeline parameter gpus sets the train task's count) or lower train.gpus")
-    if batch_size % world:
+    if batch_size % (world * nodes):
         raise PhotoDetectorError(
-            f"config key 'data.batch_size' ({batch_size}) is not a multiple of train.gpus ({world})",
-            "data.batch_size is the global batch, split evenly over the GPUs: pick a multiple of train.gpus")
+            f"config key 'data.batch_size' ({batch_size}) is not a multiple of train.gpus ({world})"
+            + (f" x train.nodes ({nodes})" if nodes > 1 else ""),
+            "data.batch_size is the global batch, split evenly over the GPUs: pick a multiple of train.gpus"
+            + (" x train.nodes" if nodes > 1 else ""))
     if device.type == "cuda":
         from photo_detector.io import usable_cores
 

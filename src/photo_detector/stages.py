@@ -197,6 +197,8 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
     fetch_weights(cfg.model)
     result = run_train(verified.path, model.path, cfg, resume=resume,
                        on_epoch_end=_experiment_time_series(cfg, pipeline_job))
+    if not result.main:  # another replica of a train.nodes job: the first one writes the model and metrics
+        return None, {"model": model.path, "replica": "worker (the primary replica writes the outputs)"}
     record = read_record(model.path)
     model.metadata.update({"framework": record.framework, "model_file": record.model_file,
                            "image_size": record.image_size, "data_digest": record.data_digest,

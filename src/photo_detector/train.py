@@ -1,18 +1,16 @@
-"""The training stage: decoded tensor store -> batched device augmentation -> AdamW/cosine -> best checkpoint
--> ONNX export. Resumable to the exact same result (all RNG states live in `last.pt`).
+"""The training stage: packed shards (or image folders) -> streaming loader -> batched device augmentation ->
+AdamW/cosine -> best checkpoint -> ONNX export. Resumable to the exact same result, from an epoch end or from
+inside an epoch (`train.checkpoint_every_minutes`): `last.pt` holds the step, the sampler position (the
+epoch and step; the order itself follows from the seed) and every RNG state.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import ctypes
-import io
 import logging
-import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,30 +22,39 @@ from torch import nn
 from photo_detector.artifacts import BEST, CONFIG, HISTORY, LAST, LOGS, ONNX
 from photo_detector.config import Config, from_dict
 from photo_detector.data.augment import BatchAugment, degrade, eval_transform, jpeg_recompress, uint8_nchw
-from photo_detector.data.layout import discover_split
-from photo_detector.data.packed import dataset_digest, is_packed, read_manifest, read_packed
-from photo_detector.data.store import ImageStore, load_store, store_size_for
+from photo_detector.data.loader import Prefetcher, Rows, Split, batches_of, epoch_order, load_data
+from photo_detector.data.packed import PackedSplit
 from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_model_folder
-from photo_detector.io import atomic_path, prepare_output_dir, write_text_atomic
-from photo_detector.metrics import binary_metrics
+from photo_detector.io import prepare_output_dir, write_text_atomic
 from photo_detector.model import PhotoDetector, build_model, count_trainable
-from photo_detector.parallel import Shard, ShardDropout, check_world, data_parallel, launch
+from photo_detector.parallel import Shard, ShardDropout, check_world, data_parallel, launch, rendezvous
 from photo_detector.preprocess import Preprocess
 from photo_detector.progress import progress
 from photo_detector.tblog import EpochLog
+from photo_detector.train_support import (  # noqa: F401 - re-exported: the names callers import from here
+    METRIC_COLUMNS,
+    RESUME_FREE_KEYS,
+    TIMING_KEYS,
+    binary_metrics,
+    budget_reached,
+    cpu_has_amx,
+    gpu_attached,
+    improved,
+    keep_freed_memory,
+    load_checkpoint,
+    lr_lambda,
+    make_optimizer,
+    resume_checkpoint,
+    rng_state,
+    save_checkpoint,
+    select_device,
+    select_precision,
+    set_rng_state,
+    write_history,
+)
 
 log = logging.getLogger(__name__)
-
-METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision",
-                  "val_recall", "val_f1", "learning_rate", "images_per_second", "seconds")
-# Per-epoch values that measure the machine, not the training: they differ between identical runs.
-TIMING_KEYS = ("seconds", "images_per_second", "gpu_peak_memory_mib")
-# Keys that may differ between a run and its resume without changing the result (a budget only says when
-# to stop, not how each epoch trains).
-# train.gpus is among them: N processes train like one on the same global batch (photo_detector.parallel), so
-# an attempt may resume on fewer or more GPUs.
-RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "device"), ("train", "max_minutes"), ("train", "gpus")}
 
 
 @dataclass
@@ -60,6 +67,7 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str = "epochs"  # "epochs" | "early_stopping" | "budget"
+    main: bool = True  # False on a machine other than the first of train.nodes: it wrote nothing
 
     @property
     def stopped_early(self) -> bool:
@@ -70,205 +78,35 @@ class TrainResult:
         return self.out_dir / ONNX
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Device and precision
-
-
-def gpu_attached() -> bool:
-    """An NVIDIA GPU is attached to this machine or container (device node), whether or not torch can use it,
-    and not hidden on purpose (CUDA_VISIBLE_DEVICES empty or -1)."""
-    import os
-
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
-        return False
-    return Path("/dev/nvidia0").exists()
-
-
-def select_device(name: str, *, attached: Callable[[], bool] = gpu_attached) -> torch.device:
-    """cuda, cpu, or auto (cuda when usable). A GPU that is attached but unusable is an error, not a silent
-    CPU run: on a T4 task that would burn GPU hours at CPU speed (e.g. a driver older than torch's CUDA)."""
-    usable = torch.cuda.is_available()
-    if not usable and (name == "cuda" or (name == "auto" and attached())):
-        why = "a GPU is attached but torch cannot use it" if name == "auto" else "no CUDA device is visible"
-        raise PhotoDetectorError(
-            f"config key 'train.device' is {name} and {why} (torch {torch.__version__}, built for CUDA "
-            f"{torch.version.cuda})", "the node's NVIDIA driver must support that CUDA version (CUDA 13: driver "
-            ">= 580); or set train.device=cpu to train on the CPU anyway")
-    if name == "auto":
-        name = "cuda" if usable else "cpu"
-    return torch.device(name)
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep large freed blocks for reuse instead of unmapping them; True when applied.
-
-    Why: each batch-sized tensor (38 MB for 64 x 224 x 224 x 3 float) is above glibc's mmap threshold, so it
-    is mapped afresh and page-faulted on first touch every step; on 2 cores that was ~40% of the batched
-    augmentation time. Kept blocks are reused at no cost; the price is that the process holds its peak
-    heap, the same trade jemalloc/tcmalloc (the usual PyTorch CPU advice) make. Process-wide; a no-op where
-    the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-
-
-def cpu_has_amx() -> bool:
-    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
-    return bool(probe and probe())
-
-
-def select_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. auto: fp16 AMP on CUDA; bf16 on CPUs with AMX, where it measures
-    faster than fp32 (without AMX, e.g. AVX-512 BF16 alone, bf16 autocast measured ~1.5x slower)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_has_amx() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise PhotoDetectorError("config key 'train.precision' is fp16, which needs CUDA",
-                                 "use auto, fp32 or bf16 on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Optimiser, schedule and metrics
-
-
-def make_optimizer(params: list[nn.Parameter], cfg: Config, *, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (CPU and CUDA): one pass over all parameters instead of a loop over
-    EfficientNet's ~200 tensors; +6% img/s per CPU train step at the sample profile's size. `fused=False`
-    is the stock per-tensor loop, for the benchmark's baseline."""
-    return torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay,
-                             fused=fused)
-
-
-def lr_lambda(step: int, *, steps_per_epoch: int, cfg: Config) -> float:
-    """Per-step factor: linear warmup over warmup_epochs, then cosine decay to zero (or constant)."""
-    warmup = cfg.train.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.train.scheduler == "constant":
-        return 1.0
-    total = max(1, cfg.train.epochs * steps_per_epoch - warmup)
-    progress_ = min(1.0, (step - warmup) / total)
-    return 0.5 * (1.0 + math.cos(math.pi * progress_))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                             "python": random.getstate(),
-                             "generators": {k: g.get_state() for k, g in gens.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    for k, g in gens.items():
-        g.set_state(state["generators"][k])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file, then rename: a kill mid-write never leaves a corrupt checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PhotoDetectorError(f"cannot read checkpoint {path}: {exc}",
-                                 "delete it or start a new run with --force") from None
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:
-    diffs: list[str] = []
-    for key in a:
-        path = (*prefix, key)
-        if isinstance(a[key], dict):
-            diffs += _config_diff(a[key], b.get(key, {}), path)
-        elif path not in RESUME_FREE_KEYS and a[key] != b.get(key):
-            diffs.append(f"{'.'.join(path)} ({b.get(key)!r} in the checkpoint, {a[key]!r} now)")
-    return diffs
-
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row.get(k), float) else row.get(k, ""))
-                         for k in METRIC_COLUMNS})
-    write_text_atomic(path, buf.getvalue())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The loop
-
-
-def _load_data(data_dir: Path, cfg: Config) -> tuple[ImageStore, ImageStore, int, str]:
-    """Train/val stores, their square size and the dataset's content digest, from a packed folder (written
-    by verify-data: no decoding) or from image folders (decoded here)."""
-    resize = cfg.data.resize_size
-    if is_packed(data_dir):
-        manifest = read_manifest(data_dir)
-        if manifest["resize_size"] != resize:
-            raise DataError(f"packed dataset {data_dir} was made for resize size {manifest['resize_size']} "
-                            f"(image_size {manifest.get('image_size')}), this config needs {resize}",
-                            "run verify-data with the same data.image_size and data.crop_pct as training")
-        log.info("reading packed dataset %s (digest %s)", data_dir, manifest["digest"])
-        return (read_packed(data_dir, "train"), read_packed(data_dir, "val"), int(manifest["store_size"]),
-                manifest["digest"])
-    splits = {s: discover_split(data_dir, s) for s in ("train", "val")}
-    if (data_dir / "test").is_dir():
-        splits["test"] = discover_split(data_dir, "test")
-    size = store_size_for(splits["train"].paths, resize)
-    return (load_store(splits["train"], size, cfg.data.num_workers),
-            load_store(splits["val"], size, cfg.data.num_workers), size, dataset_digest(data_dir, splits))
-
-
 class _Trainer:
     def __init__(self, cfg: Config, data_dir: Path, shard: Shard) -> None:
         self.cfg = cfg
         self.shard = shard
         self.device = select_device(cfg.train.device)
         if self.device.type == "cuda" and shard.distributed:
-            self.device = torch.device("cuda", shard.rank)
+            self.device = torch.device("cuda", shard.local_rank)
         self.autocast_dtype = select_precision(cfg.train.precision, self.device)
         self.channels_last = cfg.train.channels_last
 
-        self.train_store, self.val_store, store_size, self.data_digest = _load_data(data_dir, cfg)
-        if len(self.train_store) < 2:
-            raise DataError(f"{data_dir / 'train'} has {len(self.train_store)} image(s)",
+        self.train_split, self.val_split, store_size, self.data_digest = load_data(data_dir, cfg)
+        if len(self.train_split) < 2:
+            raise DataError(f"{data_dir / 'train'} has {len(self.train_split)} image(s)",
                             "BatchNorm needs at least 2 training images")
         self.pp = Preprocess(store_size, cfg.data.resize_size, cfg.data.image_size,
                              tuple(cfg.data.mean), tuple(cfg.data.std))  # type: ignore[arg-type]
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.train_x = self._to_device(self.train_store)
-        self.val_x = self._to_device(self.val_store)
-        self.train_y = torch.from_numpy(self.train_store.labels).float()
+        self.train_x = self._resident(self.train_split)
+        self.val_x = self._resident(self.val_split)
+        self.train_y = torch.from_numpy(self.train_split.labels).float()
         # The global batch (every process's rows together); each process trains on `self.rows` of it.
-        self.batch_size = min(cfg.data.batch_size, len(self.train_store))
+        self.batch_size = min(cfg.data.batch_size, len(self.train_split))
         self.batch_size -= self.batch_size % shard.world
         self.rows = shard.rows(self.batch_size)
-        self.steps_per_epoch = len(self.train_store) // self.batch_size
+        self.steps_per_epoch = len(self.train_split) // self.batch_size
+        log.info("training data: %d rows, %s; validation: %d rows, %s", len(self.train_split),
+                 self._where(self.train_x), len(self.val_split), self._where(self.val_x))
 
-        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.augment = BatchAugment(cfg.augmentation, self.pp, self.aug_gen)
         self.jpeg_gen = torch.Generator().manual_seed(cfg.seed + 3)
@@ -278,16 +116,47 @@ class _Trainer:
         self.degrade = cfg.augmentation.downscale_probability > 0 or cfg.augmentation.blur_probability > 0
         self.loss_fn = nn.BCEWithLogitsLoss()
 
-    def _to_device(self, store: ImageStore) -> torch.Tensor:
-        """The uint8 store as NCHW; kept on the GPU when it fits comfortably (CIFAKE 32 px: ~300 MB)."""
-        images = store.images if store.images.flags.writeable else np.array(store.images)  # memory-mapped
-        x = uint8_nchw(torch.from_numpy(images))
+    def _where(self, x: torch.Tensor | None) -> str:
+        return f"resident on {x.device}" if x is not None else "streamed from its shards"
+
+    def _resident(self, split: Split) -> torch.Tensor | None:
+        """The split as one uint8 NCHW tensor where training runs, when that is the fast path; else None and
+        batches are streamed. Image folders (decoded in memory already) stay in memory on the CPU; on a GPU,
+        data that fits comfortably (a quarter of free memory: CIFAKE 32 px is ~300 MB) is moved there shard
+        by shard, never whole through host memory. Packed data on the CPU is streamed: memory stays flat."""
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            if store.images.nbytes < free // 4:
-                return x.to(self.device)
-            return x.pin_memory()
-        return x
+            if split.nbytes >= free // 4:
+                return None
+            x = torch.empty((len(split), split.size, split.size, 3), dtype=torch.uint8, device=self.device)
+            if isinstance(split, PackedSplit):
+                for k, s in enumerate(split.shards):
+                    x[s.start:s.start + s.count] = torch.from_numpy(split.read_shard(k)).to(self.device)
+            else:
+                x.copy_(torch.from_numpy(split.read_all()))
+            return uint8_nchw(x)
+        if isinstance(split, PackedSplit):
+            return None
+        return uint8_nchw(torch.from_numpy(split.read_all()))
+
+    def _read(self, split: Split) -> Callable[[np.ndarray], torch.Tensor]:
+        """A loader thread's work: rows -> uint8 NCHW batch (pinned for an asynchronous copy to a GPU)."""
+        def read(idx: np.ndarray) -> torch.Tensor:
+            x = uint8_nchw(torch.from_numpy(split.read(idx)))
+            return x.pin_memory() if self.device.type == "cuda" else x
+        return read
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(this process's global indices, its uint8 batch or None when the split is resident) for every
+        step of `epoch` from `start_step`: the order is epoch_order's, whatever the number of processes."""
+        order = epoch_order(self.train_split.counts, self.cfg.seed, epoch)
+        idxs = [order[s * self.batch_size:(s + 1) * self.batch_size][self.rows]
+                for s in range(start_step, self.steps_per_epoch)]
+        if self.train_x is not None:
+            yield from ((torch.from_numpy(i), None) for i in idxs)
+            return
+        for i, xb in zip(idxs, Prefetcher(self._read(self.train_split), idxs), strict=True):
+            yield torch.from_numpy(i), xb
 
     def build(self, load_pretrained: bool) -> None:
         cfg = self.cfg
@@ -311,19 +180,21 @@ class _Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
-    def forward_batch(self, perm: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, logits and labels of this process's rows of global batch `step` of the epoch order `perm`."""
+    def forward_batch(self, idx: torch.Tensor,
+                      xb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, logits and labels of this process's rows `idx` of a global batch; `xb` holds their images,
+        or is None when the split is resident (augment then reads them from it in place)."""
         cfg = self.cfg
         # Random draws cover the global batch; this process keeps its rows (all of them in one process).
-        idx = perm[step * self.batch_size:(step + 1) * self.batch_size][self.rows]
         draw = self.augment.draw(self.batch_size)[self.rows]
         yb = self.train_y[idx].to(self.device, non_blocking=True)
-        # The store's device is "cuda:0" where self.device is "cuda", so compare types: same type means
-        # the store lives where training runs and augment reads the batch from it in place.
-        if self.train_x.device.type == self.device.type and not (self.jpeg or self.degrade):
+        if xb is None and not (self.jpeg or self.degrade):
+            assert self.train_x is not None
             inputs = self.augment(self.train_x, channels_last=self.channels_last, index=idx, draw=draw)
-        else:  # a copy of the batch: pinned host store, degradations or JPEG (never of the store itself)
-            xb = self.train_x[idx]
+        else:  # a batch of its own: streamed, or a copy for degradations or JPEG (never of the store itself)
+            if xb is None:
+                assert self.train_x is not None
+                xb = self.train_x[idx]
             if self.degrade:
                 xb = degrade(xb, cfg.augmentation, self.jpeg_gen, part=self.rows, total=self.batch_size)
             if self.jpeg:
@@ -337,15 +208,18 @@ class _Trainer:
             loss = self.loss_fn(logits, yb)
         return loss, logits, yb
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, start_step: int = 0, sums: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                    checkpoint: Callable[[int, list[float]], None] | None = None) -> dict[str, float]:
+        """One epoch from `start_step` (a mid-epoch resume), with the running sums it had reached there.
+        `checkpoint(step, global sums)` is offered every step: it decides (the same on every rank) whether
+        to save."""
         cfg = self.cfg
         self.model.train()
-        perm = torch.randperm(len(self.train_store), generator=self.shuffle_gen)
-        loss_sum = correct = seen = 0.0
-        bar = progress(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", unit="batch",
-                       disable=not self.shard.main)
-        for step in range(self.steps_per_epoch):
-            loss, logits, yb = self.forward_batch(perm, step)
+        loss_sum, correct, seen = sums
+        bar = progress(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch}/{cfg.train.epochs}",
+                       unit="batch", disable=not self.shard.main)
+        for step, (idx, xb) in enumerate(self.epoch_batches(epoch, start_step), start=start_step):
+            loss, logits, yb = self.forward_batch(idx, xb)
             if not torch.isfinite(loss):
                 raise PhotoDetectorError(f"training diverged at epoch {epoch}, step {step + 1}: loss is "
                                          f"{float(loss)}", "lower train.learning_rate or set train.grad_clip_norm")
@@ -363,29 +237,35 @@ class _Trainer:
             seen += n
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+            if checkpoint is not None and step + 1 < self.steps_per_epoch:
+                checkpoint(step + 1, [loss_sum, correct, seen])
         bar.close()
         loss_sum, correct, seen = self.shard.sum([loss_sum, correct, seen])
         return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
     @torch.inference_mode()
-    def predict_store(self, x: torch.Tensor) -> np.ndarray:
-        """Logits for a uint8 store through the eval preprocessing, in batches; each process scores its chunk
-        and every process gets all logits (so all take the same best-epoch and stopping decisions)."""
+    def predict_split(self, split: Split, x: torch.Tensor | None) -> np.ndarray:
+        """Logits for a split through the eval preprocessing, in batches; each process scores its chunk
+        (streamed, or sliced from the resident tensor `x`) and every process gets all logits (so all take the
+        same best-epoch and stopping decisions)."""
         self.model.eval()
-        part = x[self.shard.chunk(x.shape[0])]
+        chunk = self.shard.chunk(len(split))
+        batches = batches_of(range(chunk.start, chunk.stop), self.batch_size)
+        source = (x[int(b[0]):int(b[-1]) + 1] for b in batches) if x is not None else \
+            Prefetcher(self._read(split), batches)
         out = [torch.zeros(0)]
-        for i in range(0, part.shape[0], self.batch_size):
-            xb = eval_transform(part[i:i + self.batch_size].to(self.device), self.pp, self.channels_last)
+        for xb in source:
+            xb = eval_transform(xb.to(self.device, non_blocking=True), self.pp, self.channels_last)
             with self._autocast():
                 out.append(self.model(xb).float().cpu())
-        return self.shard.gather(torch.cat(out), x.shape[0]).numpy()
+        return self.shard.gather(torch.cat(out), len(split)).numpy()
 
     def validate(self) -> dict[str, float]:
-        logits = self.predict_store(self.val_x)
+        logits = self.predict_split(self.val_split, self.val_x)
         if not np.all(np.isfinite(logits)):
             raise PhotoDetectorError("training diverged: the model outputs NaN or inf on validation images",
                                      "lower train.learning_rate or set train.grad_clip_norm")
-        labels = self.val_store.labels
+        labels = self.val_split.labels
         loss = float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(labels).float()))
         m = binary_metrics(1 / (1 + np.exp(-np.clip(logits, -60, 60))), labels, self.cfg.thresholds.classification)
         return {"val_loss": loss, **{f"val_{k}": v for k, v in m.items()}}
@@ -404,69 +284,64 @@ class _Trainer:
         self.scaler.load_state_dict(ckpt["scaler_state_dict"])
 
 
-def budget_reached(spent: float, history: list[dict[str, float]], max_minutes: float) -> bool:
-    """Would the next epoch end past `max_minutes`? Estimated from the slowest of the last three epochs
-    (the first epoch always runs: without one there is no model)."""
-    if max_minutes <= 0 or not history:
-        return False
-    next_epoch = max(r["seconds"] for r in history[-3:])
-    return spent + next_epoch > max_minutes * 60
-
-
-def _improved(value: float, best: float | None, mode: str) -> bool:
-    if best is None or math.isnan(best):
-        return not math.isnan(value)
-    return value > best if mode == "max" else value < best
-
-
 def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = False,
-              force: bool = False,
-              on_epoch_end: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+              force: bool = False, on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+              on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+              environ: dict[str, str] | None = None) -> TrainResult:
     """Train on `data_dir/{train,val}` and write checkpoints, metrics.csv, model.onnx and model.json.
 
-    `on_epoch_end(row)` is called after each epoch's checkpoints are on disk (pipelines log metrics with it).
-    With train.gpus > 1 it runs in one process per GPU (see photo_detector.parallel) and is called in the
-    first, so it must be picklable (a module-level function).
+    `on_epoch_end(row)` is called after each epoch's checkpoints are on disk (pipelines log metrics with it);
+    `on_checkpoint(info)` after each mid-epoch checkpoint (info: epoch, step). With train.gpus > 1 or
+    train.nodes > 1 it runs in one process per GPU (see photo_detector.parallel) and they are called in the
+    first, so they must be picklable (module-level functions). With train.nodes > 1 the machine's place in
+    the job comes from `environ` (os.environ by default: Vertex's CLUSTER_SPEC, see parallel.rendezvous);
+    only the first machine writes `out_dir`, and the others return a TrainResult without metrics.
     """
     start = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out_dir)
+    node = rendezvous(cfg.train.nodes, environ)
     ckpt = None
     if resume:
-        ckpt = _resume_checkpoint(out / LAST, cfg)
+        ckpt = resume_checkpoint(out / LAST, cfg)
         cfg = from_dict(ckpt["config"])
-    world = cfg.train.gpus
+    world = cfg.train.gpus * node.nodes
     if world > 1:
         device = select_device(cfg.train.device)
-        check_world(world, device, cfg.data.batch_size)
-    prepare_output_dir(out, force=force, resume=resume)
-    args = (data_dir, out, cfg, resume, on_epoch_end)
+        check_world(cfg.train.gpus, device, cfg.data.batch_size, nodes=node.nodes)
+    if node.rank == 0:
+        prepare_output_dir(out, force=force, resume=resume)
+    args = (data_dir, out, cfg, resume, on_epoch_end, on_checkpoint)
     if world == 1:
         result = _train(*args, Shard(), ckpt=ckpt)
     else:  # each process reads the checkpoint itself (no copy of it through the launcher)
-        result = launch(_train, args, world, "nccl" if device.type == "cuda" else "gloo")
+        result = launch(_train, args, cfg.train.gpus, "nccl" if device.type == "cuda" else "gloo", node=node)
+        if result is None:  # a machine other than the first: rank 0's result is on the first
+            result = TrainResult(out, 0, float("nan"), {}, 0, 0.0, [], "epochs", main=False)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _resume_checkpoint(last_path: Path, cfg: Config) -> dict[str, Any]:
-    """The interrupted run's checkpoint, after checking that `cfg` asks for the same training; its config
-    takes this run's values of the keys that may change between attempts (RESUME_FREE_KEYS)."""
-    if not last_path.is_file():
-        raise PhotoDetectorError(f"--resume: {last_path} does not exist", "start a new run without --resume")
-    ckpt = load_checkpoint(last_path)
-    diffs = _config_diff(cfg.to_dict(), ckpt["config"])
-    if diffs:
-        raise PhotoDetectorError(f"--resume: the config differs from the checkpoint's at {'; '.join(diffs)}",
-                                 "resume with the same config and flags as the interrupted run")
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in ckpt["config"].items()}
-    for section, key in RESUME_FREE_KEYS:
-        merged[section][key] = getattr(getattr(cfg, section), key)
-    ckpt["config"] = merged
-    return ckpt
+class _MidEpoch:
+    """The mid-epoch checkpoint policy: save when train.checkpoint_every_minutes have passed since the last
+    save, by rank 0's clock (agreed by every rank: the save gathers the running sums, a collective)."""
+
+    def __init__(self, minutes: float, shard: Shard, save: Callable[[int, list[float]], None]) -> None:
+        self.seconds, self.shard, self.save = minutes * 60, shard, save
+        self.last = time.monotonic()
+
+    def __call__(self, step: int, sums: list[float]) -> None:
+        if not self.shard.agree(time.monotonic() - self.last >= self.seconds):
+            return
+        self.save(step, self.shard.sum(sums))
+        self.last = time.monotonic()
+
+    def epoch_saved(self) -> None:
+        self.last = time.monotonic()
 
 
 def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
-           on_epoch_end: Callable[[dict[str, float]], None] | None, shard: Shard,
+           on_epoch_end: Callable[[dict[str, float]], None] | None,
+           on_checkpoint: Callable[[dict[str, Any]], None] | None, shard: Shard,
            ckpt: dict[str, Any] | None = None) -> TrainResult:
     """The training loop of one process; `shard` says which (rank 0 of 1 without DDP). `ckpt`: last.pt when
     the caller has read it already; else it is read here when resuming."""
@@ -483,19 +358,24 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
         write_text_atomic(out / CONFIG, cfg.to_yaml())
 
     # Every process holds the same generator states (draws cover the global batch), so rank 0's are all.
-    gens = {"shuffle": trainer.shuffle_gen, "augment": trainer.aug_gen, "jpeg": trainer.jpeg_gen,
-            "dropout": trainer.dropout_gen}
+    gens = {"augment": trainer.aug_gen, "jpeg": trainer.jpeg_gen, "dropout": trainer.dropout_gen}
     history: list[dict[str, float]] = []
     best: float | None = None
     best_epoch, bad_epochs, first_epoch, earlier_seconds = 0, 0, 1, 0.0
+    start_step, sums = 0, (0.0, 0.0, 0.0)
     if ckpt is not None:
         trainer.load_state(ckpt)
-        _set_rng_state(ckpt["rng"], gens)
+        set_rng_state(ckpt["rng"], gens)
         history, best, best_epoch, bad_epochs = (ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"],
                                                  ckpt["bad_epochs"])
         first_epoch = ckpt["epoch"] + 1
         earlier_seconds = float(ckpt.get("train_seconds", 0.0))  # the budget counts every attempt
-        log.info("resuming %s after epoch %d (best %s %.4f at epoch %d)", out, ckpt["epoch"],
+        mid = ckpt.get("mid_epoch")
+        if mid:  # rank 0 carries the sums of every rank's steps so far; the others start from zero
+            start_step = int(mid["step"])
+            sums = tuple(mid["sums"]) if shard.main else (0.0, 0.0, 0.0)  # type: ignore[assignment]
+        log.info("resuming %s after epoch %d%s (best %s %.4f at epoch %d)", out, ckpt["epoch"],
+                 f", step {start_step} of epoch {first_epoch}" if start_step else "",
                  cfg.train.checkpoint_monitor, best or float("nan"), best_epoch)
 
     monitor, mode, patience = cfg.train.checkpoint_monitor, cfg.train.checkpoint_mode, \
@@ -505,46 +385,63 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
     stopped_by: str | None = "early_stopping" if bad_epochs >= patience > 0 else None
     epoch = first_epoch - 1
     loop_start = time.perf_counter()
+
+    def spent() -> float:
+        return earlier_seconds + time.perf_counter() - loop_start
+
+    def common(epoch_done: int) -> dict[str, Any]:
+        best_row = next((r for r in history if r["epoch"] == best_epoch), {"val_accuracy": float("nan")})
+        return {**trainer.state(epoch_done), "best_val_accuracy": best_row["val_accuracy"], "history": history,
+                "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs, "rng": rng_state(gens),
+                "train_seconds": spent()}
+
+    def save_mid_epoch(step: int, global_sums: list[float]) -> None:
+        if shard.main:
+            save_checkpoint(last_path, {**common(epoch - 1),
+                                        "mid_epoch": {"epoch": epoch, "step": step, "sums": global_sums}})
+            log.info("checkpoint: epoch %d, step %d of %d", epoch, step, trainer.steps_per_epoch)
+            if on_checkpoint is not None:
+                on_checkpoint({"epoch": epoch, "step": step})
+
+    minutes = cfg.train.checkpoint_every_minutes
+    mid_epoch = _MidEpoch(minutes, shard, save_mid_epoch) if minutes > 0 else None
     # Closed however the loop ends, a diverged run included; only rank 0 writes logs and checkpoints.
     with EpochLog(out / LOGS) if shard.main else contextlib.nullcontext() as tb:
         while stopped_by is None and epoch < cfg.train.epochs:
-            spent = earlier_seconds + time.perf_counter() - loop_start
-            if shard.agree(budget_reached(spent, history, cfg.train.max_minutes)):
+            if shard.agree(budget_reached(spent(), history, cfg.train.max_minutes)):
                 stopped_by = "budget"
                 log.info("time budget: %.1f of train.max_minutes=%g min spent; the next epoch would overrun it, so "
-                         "training stops after epoch %d", spent / 60, cfg.train.max_minutes, epoch)
+                         "training stops after epoch %d", spent() / 60, cfg.train.max_minutes, epoch)
                 break
             epoch += 1
             t0 = time.perf_counter()
             if trainer.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(trainer.device)
-            row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch)}
-            row["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / (time.perf_counter() - t0)
+            row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch, start_step, sums, mid_epoch)}
+            steps_run, start_step, sums = trainer.steps_per_epoch - start_step, 0, (0.0, 0.0, 0.0)
+            row["images_per_second"] = steps_run * trainer.batch_size / (time.perf_counter() - t0)
             row.update({**trainer.validate(), "learning_rate": trainer.optimizer.param_groups[0]["lr"]})
             if trainer.device.type == "cuda":
                 row["gpu_peak_memory_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
-            improved = _improved(row[monitor], best, mode)  # the same on every rank: gathered validation
-            if improved:
+            better = improved(row[monitor], best, mode)  # the same on every rank: gathered validation
+            if better:
                 best, best_epoch, bad_epochs = row[monitor], epoch, 0
             else:
                 bad_epochs += 1
             if bad_epochs >= patience > 0:
                 stopped_by = "early_stopping"
+            if mid_epoch is not None:
+                mid_epoch.epoch_saved()
             if not shard.main:
                 continue
             state = trainer.state(epoch)
-            if improved:
+            if better:
                 save_checkpoint(out / BEST, {**state, "val_accuracy": row["val_accuracy"],
                                              "best_val_accuracy": row["val_accuracy"], "metrics": row})
-            best_row = next(r for r in history if r["epoch"] == best_epoch)
-            save_checkpoint(last_path, {**state, "val_accuracy": row["val_accuracy"],
-                                        "best_val_accuracy": best_row["val_accuracy"], "history": history,
-                                        "best_metric": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                                        "rng": _rng_state(gens),
-                                        "train_seconds": earlier_seconds + time.perf_counter() - loop_start})
-            _write_history(out / HISTORY, history)
+            save_checkpoint(last_path, {**common(epoch), "val_accuracy": row["val_accuracy"]})
+            write_history(out / HISTORY, history)
             tb.epoch(row)
             log.info("epoch %d/%d  train_loss %.4f acc %.4f | val_loss %.4f acc %.4f f1 %.4f | lr %.2e | %.1fs%s",
                      epoch, cfg.train.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],
@@ -567,10 +464,11 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
     model = build_model(cfg.model, load_pretrained=False) if shard.distributed else trainer.model
     model.load_state_dict(best_ckpt["model_state_dict"])
     best_row = best_ckpt["metrics"]
-    export_model_folder(model, out, cfg, trainer.pp, trainer.val_store.images, trainer.val_store.labels,
+    images, labels = Rows(trainer.val_split), trainer.val_split.labels  # read as export needs, never whole
+    export_model_folder(model, out, cfg, trainer.pp, images, labels,
                         checkpoint_file=BEST, best_epoch=best_ckpt["epoch"],
                         val_metrics={k: v for k, v in best_row.items() if k.startswith("val_")},
-                        train_images=len(trainer.train_store), val_images=len(trainer.val_store),
+                        train_images=len(trainer.train_split), val_images=len(trainer.val_split),
                         data_digest=trainer.data_digest,
                         training={"epochs_run": epoch, "stopped_by": stopped_by,
                                   "max_minutes": cfg.train.max_minutes, "logs": LOGS})
@@ -579,4 +477,3 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
              best_row["val_accuracy"], out, seconds)
     return TrainResult(out, best_ckpt["epoch"], best_row["val_accuracy"], dict(best_row), epoch, seconds, history,
                        stopped_by)
-

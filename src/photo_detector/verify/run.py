@@ -22,6 +22,7 @@ Leakage errors past `verify.max_quarantine_fraction` of a split, or always with 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -121,16 +122,17 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
     size = store_size_for((f.path for f in files if f.split == "train"), resize, skip_unreadable=True)
     workers = worker_count(cfg.verify.workers)
     align = cfg.verify.align_jpeg_quality if cfg.verify.shortcut_policy == "align" else 0
-    writer = PackedWriter(out, Counter(f.split for f in files), size)
+    writer = PackedWriter(out, size, round(cfg.verify.shard_mb * 2**20))
     # Fingerprints in flat arrays (8 + 256 + 20 bytes a file), not per-file objects: memory stays small at
     # CIFAKE's 120,000 files.
     hashes = np.zeros(len(files), np.uint64)
     thumbs = np.zeros((len(files), THUMB * THUMB), np.uint8)
     pixels: list[bytes] = [b""] * len(files)
-    jobs = (Job(str(f.path), size, cfg.verify.max_image_pixels, align) for f in files)
+    order = _pack_order(files)
+    jobs = (Job(str(files[i].path), size, cfg.verify.max_image_pixels, align) for i in order)
     with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
             progress(total=len(files), desc="verify", unit="img") as bar:
-        for i, info in enumerate(_bounded_map(pool, jobs, workers)):
+        for i, info in zip(order, _bounded_map(pool, jobs, workers), strict=True):
             f = files[i]
             square = info.pop("square", None)
             if "phash" in info:
@@ -179,6 +181,15 @@ def run_verify(data_dir: str | Path, out_dir: str | Path, cfg: Config) -> Verify
                         "image_size": cfg.data.image_size, "crop_pct": cfg.data.crop_pct, "files": held_out,
                         "quarantined": [asdict(q) for q in quarantined], "shortcut": shortcut})
     return result
+
+
+def _pack_order(files: list[_File]) -> list[int]:
+    """The order files are inspected and packed in: by split, then by a hash of the path. Why: the folder
+    order puts every real image before every fake, so shards written in it would each hold one class, and a
+    loader that shuffles within a window of shards would see one-class stretches. Hashed, every shard is a
+    random mix, and the order is the same on every run of the same files."""
+    return sorted(range(len(files)), key=lambda i: (SPLIT_RANK[files[i].split],
+                                                    hashlib.sha1(files[i].rel.encode()).digest()))
 
 
 def _bounded_map(pool: ProcessPoolExecutor, jobs: Iterator[Job], workers: int) -> Iterator[dict[str, Any]]:
