@@ -24,6 +24,31 @@ DESCRIPTION = ("Detector of AI-generated product photos: verify the data, train 
                "evaluate the exported ONNX model, gate on accuracy/F1, deploy to Cloud Run.")
 
 
+TRAIN_NODES_ENV = "PHOTO_DETECTOR_TRAIN_NODES"  # how the replicas learn train.nodes (stages.train reads it)
+
+
+def multi_node_train(train_op: Any, cfg: Config) -> Any:
+    """The train component as a Vertex AI CustomJob of train.nodes replicas (google-cloud-pipeline-components
+    puts the first in workerpool0 and the others in workerpool1), each an n1-standard machine with
+    train.gpus accelerators. The replicas run the same command; parallel.rendezvous turns Vertex's
+    CLUSTER_SPEC into one torch.distributed job and only the primary writes the outputs. Compile-time: the
+    replica count, machine and accelerators are fixed in the spec (the gpus parameter must keep its
+    compiled value)."""
+    try:
+        from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+    except ImportError:
+        from photo_detector.errors import PhotoDetectorError
+
+        raise PhotoDetectorError(f"train.nodes={cfg.train.nodes} compiles the train task as a Vertex AI CustomJob, "
+                                 "which needs google-cloud-pipeline-components",
+                                 "pip install 'photo-detector[multinode]', or set train.nodes=1") from None
+    cpus = cfg.pipeline.train_cpu_per_gpu * cfg.train.gpus
+    return create_custom_training_job_from_component(
+        train_op, display_name="train", replica_count=cfg.train.nodes, machine_type=f"n1-standard-{cpus}",
+        accelerator_type=cfg.pipeline.train_accelerator, accelerator_count=cfg.train.gpus,
+        env=[{"name": TRAIN_NODES_ENV, "value": str(cfg.train.nodes)}])
+
+
 def build_pipeline(cfg: Config | None = None, project: str | None = None, *, local: bool = False) -> Any:
     """The pipeline bound to `cfg` (and `project`, for derived names): its images, the train task's resources
     and every parameter default. `local=True` for kfp local, which cannot resolve the job resource-name
@@ -35,6 +60,9 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
         rebuild(c, cfg, project) for c in (fingerprint, verify_data, train, evaluate, quality_gate, deploy))
     p, d = cfg.pipeline, cfg.deploy
     cpu, memory = p.train_machine(cfg.train.gpus)
+    multi_node = cfg.train.nodes > 1 and not local  # kfp local runs the plain component on this machine
+    if multi_node:
+        train_op = multi_node_train(train_op, cfg)
 
     @dsl.pipeline(name=p.name, description=DESCRIPTION)
     def training_pipeline(
@@ -82,13 +110,14 @@ def build_pipeline(cfg: Config | None = None, project: str | None = None, *, loc
             weight_decay=weight_decay, freeze_backbone=freeze_backbone,
             classification_threshold=classification_threshold, experiment=experiment, pipeline_job=job,
             config_overrides=config_overrides)
-        # Retried like the other stages: an attempt resumes from the last epoch an earlier one saved.
+        # Retried like the other stages: an attempt resumes from the last checkpoint an earlier one saved.
         trained.set_display_name("train").set_retry(p.retries)
-        # One DDP process per GPU. KFP cannot compute a resource from a parameter, so the machine's CPUs and
-        # memory are parameters too: `submit/schedule --param gpus=N` scales them (pipeline.train_machine);
-        # in the console, set all three (the README's table).
-        trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(gpus)
-        trained.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
+        if not multi_node:
+            # One DDP process per GPU. KFP cannot compute a resource from a parameter, so the machine's CPUs and
+            # memory are parameters too: `submit/schedule --param gpus=N` scales them (pipeline.train_machine);
+            # in the console, set all three (the README's table).
+            trained.set_accelerator_type(p.train_accelerator).set_accelerator_limit(gpus)
+            trained.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
 
         # The verified dataset, not the import: quarantined or broken files are never scored.
         evaluated = evaluate_op(model=trained.outputs["model"], dataset=verified.outputs["verified"],

@@ -183,3 +183,32 @@ def test_gate_and_deploy_learn_the_project_and_region_of_their_run(spec: dict) -
     assert gate["runtimeValue"]["constant"] == "{{$.pipeline_job_resource_name}}"
     assert deploy["pipeline_job"]["runtimeValue"]["constant"] == "{{$.pipeline_job_resource_name}}"
     assert spec["root"]["inputDefinitions"]["parameters"]["region"]["defaultValue"] == ""
+
+
+def test_train_nodes_compiles_train_as_a_custom_job_with_that_many_replicas(tmp_path: Path) -> None:
+    """train.nodes=2: the train task is a Vertex AI CustomJob (google-cloud-pipeline-components) of two
+    replicas of the train image, each an n1-standard-4 with one T4, told the node count through the
+    environment; kfp local (local=True) keeps the plain component. The default spec is the checked-in one
+    (test_checked_in_spec_is_what_compile_writes)."""
+    pytest.importorskip("google_cloud_pipeline_components", reason="the multinode extra is not installed")
+    from kfp import compiler
+
+    from photo_detector.pipelines.training_pipeline import TRAIN_NODES_ENV, build_pipeline
+
+    cfg = load_config(None, {"train.nodes": 2})
+    spec = load_spec(compile_pipeline(cfg, tmp_path / "p.yaml"))
+    comp = spec["components"][spec["root"]["dag"]["tasks"]["train"]["componentRef"]["name"]]
+    pools = comp["inputDefinitions"]["parameters"]["worker_pool_specs"]["defaultValue"]
+    assert sum(int(p["replica_count"]) for p in pools) == 2 and len(pools) == 2
+    for pool in pools:
+        assert pool["machine_spec"] == {"accelerator_count": 1.0, "accelerator_type": "NVIDIA_TESLA_T4",
+                                        "machine_type": "n1-standard-4"}
+        assert pool["container_spec"]["image_uri"].endswith("/train:0.1.0")
+        assert pool["container_spec"]["env"] == [{"name": TRAIN_NODES_ENV, "value": "2"}]
+    executor = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert "google_cloud_pipeline_components" in " ".join(executor["command"])
+
+    compiler.Compiler().compile(build_pipeline(cfg, local=True), str(tmp_path / "local.yaml"))
+    local = load_spec(tmp_path / "local.yaml")
+    assert "worker_pool_specs" not in local["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    assert "photo_detector" in " ".join(local["deploymentSpec"]["executors"]["exec-train"]["container"]["command"])

@@ -184,7 +184,9 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
     from photo_detector.reports import training_report
     from photo_detector.train import run_train
 
-    cfg = stage_config(config_overrides, **params)
+    # A multi-replica CustomJob (pipeline compiled with train.nodes > 1) says its replica count here.
+    nodes = os.environ.get("PHOTO_DETECTOR_TRAIN_NODES")
+    cfg = stage_config({**config_overrides, **({"train.nodes": int(nodes)} if nodes else {})}, **params)
     digest = read_manifest(verified.path)["digest"]
     if data_digest and digest != data_digest:
         raise PhotoDetectorError(f"the verified dataset's digest {digest} is not the data_digest input "
