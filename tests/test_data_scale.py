@@ -204,7 +204,8 @@ def test_rendezvous_follows_vertex_cluster_spec_and_master_variables() -> None:
 
 
 NODE = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 from photo_detector.train import run_train

@@ -67,13 +67,13 @@ def first_step_gradients(data_dir: Path, cfg: Config, shard: Shard) -> dict[str,
 def test_two_processes_compute_the_gradient_of_the_global_batch(sample_dir: Path) -> None:
     """Global BatchNorm statistics, shared dropout and augmentation draws, DDP's averaging: the step is the one
     process's step. Tolerance is relative to each tensor's size: biases that feed a BatchNorm have a gradient
-    of exactly zero in theory and float noise (1e-8) in practice, in either run."""
+    of exactly zero in theory and float noise (1e-8 to 1e-6, by batch) in practice, in either run."""
     cfg = tiny_config(**DDP)
     one = first_step_gradients(sample_dir, cfg, Shard())
     two = launch(first_step_gradients, (sample_dir, cfg), 2, "gloo")
     assert one.keys() == two.keys()
     for name, a in one.items():
-        assert float((two[name] - a).abs().max()) <= 1e-3 * float(a.abs().max()) + 1e-6, name
+        assert float((two[name] - a).abs().max()) <= 1e-3 * float(a.abs().max()) + 1e-5, name
 
 
 def test_two_processes_train_like_one_on_the_same_global_batch(runs: dict[str, Path]) -> None:
