@@ -1,4 +1,4 @@
-"""Image rehearsal: the closest this machine gets to running the six images (there is no Docker daemon).
+"""Image rehearsal: the six images' commands run without Docker (tests/test_docker_images.py runs the images).
 
     python tools/rehearse_images.py [--workdir .rehearsal] [--json report.json]
 
@@ -14,9 +14,11 @@ packages the Dockerfile pins before it (train: torch and torchvision). Then it r
   output that the next stage and the Vertex console need.
 - serve: the image's entrypoint on the trained model; /health must answer 200 and one /predict 200.
 
-It also checks that the torch-free environments (all but train) hold no torch. What stays unverified: the
+It also checks that the torch-free environments (all but train) hold no torch, and that every file and folder
+the stages wrote has the mode a plain open()/mkdir() gives (no 0600 artifacts). What this cannot verify: the
 Docker build itself, the base image's OS libraries, and /gcs/ (artifact URIs here are local paths, which the
-executor uses as is, where Vertex passes gs:// URIs that it maps to the /gcs/ FUSE mount).
+executor uses as is, where Vertex passes gs:// URIs that it maps to the /gcs/ FUSE mount). The chaining here
+(`rehearse_pipeline`, with a StageRunner per image) is what tests/test_docker_images.py runs in the images.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,19 +227,35 @@ def executor_input(task: str, info: dict[str, Any], params: dict[str, Any], prod
     return {"inputs": {"parameterValues": values, "artifacts": artifacts}, "outputs": outputs}
 
 
-def run_stage(task: str, info: dict[str, Any], spec: dict[str, Any], env: Path, params: dict[str, Any],
+# Runs one task: (its container spec, the executor input) -> the finished process. The rehearsal runs it in a
+# clean environment (venv_runner); tests/test_docker_images.py runs it in the stage's built image.
+StageRunner = Callable[[dict[str, Any], dict[str, Any]], subprocess.CompletedProcess[str]]
+
+
+def spec_argv(container: dict[str, Any], payload: dict[str, Any]) -> list[str]:
+    """The task's own command and args from the spec, with the executor input in place of `{{$}}`."""
+    return [*container["command"], *(json.dumps(payload) if a == "{{$}}" else a for a in container["args"])]
+
+
+def venv_runner(env: Path, work: Path) -> StageRunner:
+    def run_in_env(container: dict[str, Any], payload: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+        environ.update(PATH=f"{env / 'bin'}:{environ.get('PATH', '')}", HOME=str(work / "home"),
+                       PHOTO_DETECTOR_CACHE=str(work / "cache"), MPLCONFIGDIR=str(work / "mpl"),
+                       PYTHONUNBUFFERED="1")
+        return run(spec_argv(container, payload), env=environ, cwd=work, timeout=900)
+    return run_in_env
+
+
+def run_stage(task: str, info: dict[str, Any], spec: dict[str, Any], runner: StageRunner, params: dict[str, Any],
               produced: dict[str, Any], work: Path, report: Report) -> dict[str, Any] | None:
     container = spec["deploymentSpec"]["executors"][info["componentRef"]["name"].replace("comp-", "exec-")
                                                     ]["container"]
     out_dir = work / "pipeline-root" / task
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = executor_input(task, info, params, produced, out_dir)
-    args = [json.dumps(payload) if a == "{{$}}" else a for a in container["args"]]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
-    environ.update(PATH=f"{env / 'bin'}:{environ.get('PATH', '')}", HOME=str(work / "home"),
-                   PHOTO_DETECTOR_CACHE=str(work / "cache"), MPLCONFIGDIR=str(work / "mpl"), PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    res = run([*container["command"], *args], env=environ, cwd=work, timeout=900)
+    res = runner(container, payload)
     seconds = time.perf_counter() - start
     (work / "logs").mkdir(exist_ok=True)
     (work / "logs" / f"{task}.log").write_text(res.stdout + res.stderr, encoding="utf-8")
@@ -255,7 +274,7 @@ def run_stage(task: str, info: dict[str, Any], spec: dict[str, Any], env: Path, 
     report.stages[task] = {"seconds": round(seconds, 1), "image": container["image"],
                            "outputs": sorted(executor_output.get("artifacts", {})),
                            "parameters": executor_output.get("parameterValues", {})}
-    print(f"stage {task:<13} {seconds:6.1f}s  in the {TASK_IMAGE[task]} environment", flush=True)
+    print(f"stage {task:<13} {seconds:6.1f}s  in the {TASK_IMAGE[task]} image's environment", flush=True)
     return executor_output
 
 
@@ -302,7 +321,16 @@ def check_outputs(task: str, produced: dict[str, Any], report: Report) -> None:
                      f"deploy: the dry-run plan does not roll out the serve image ({image})")
 
 
-def rehearse_pipeline(envs: dict[str, Path], work: Path, data: Path, report: Report) -> Path | None:
+def check_modes(root: Path, umask: int, report: Report) -> None:
+    """Every file and folder a stage wrote has the mode a plain open()/mkdir() gives under `umask`, so a
+    non-root reader (the serve container's user, a teammate, a web server) can read what a stage wrote."""
+    want = {False: 0o666 & ~umask, True: 0o777 & ~umask}
+    wrong = [f"{p.relative_to(root)} {p.stat().st_mode & 0o777:o}" for p in sorted(root.rglob("*"))
+             if not p.is_symlink() and p.stat().st_mode & 0o777 != want[p.is_dir()]]
+    report.check(not wrong, f"files not written {want[False]:o} (folders {want[True]:o}) under {root}: {wrong[:10]}")
+
+
+def rehearse_pipeline(runners: dict[str, StageRunner], work: Path, data: Path, report: Report) -> Path | None:
     spec = load_spec()
     defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
     params = {**defaults, **PARAMETERS, "data_uri": str(data)}
@@ -313,10 +341,10 @@ def rehearse_pipeline(envs: dict[str, Path], work: Path, data: Path, report: Rep
         "type": {"schemaTitle": "system.Dataset", "schemaVersion": "0.0.1"}, "uri": str(data), "metadata": {}}
     tasks = flat_tasks(spec)
     for task in TASK_IMAGE:
-        if task not in tasks or TASK_IMAGE[task] not in envs:
+        if task not in tasks or TASK_IMAGE[task] not in runners:
             report.check(False, f"{task}: missing from the spec or its environment failed")
             return None
-        if run_stage(task, tasks[task], spec, envs[TASK_IMAGE[task]], params, produced, work, report) is None:
+        if run_stage(task, tasks[task], spec, runners[TASK_IMAGE[task]], params, produced, work, report) is None:
             return None
         check_outputs(task, produced, report)
     return Path(produced["artifacts"]["train-model"]["uri"])
@@ -397,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     envs = {image: make_env(image, wheel, work / "envs", report) for image in IMAGES}
     envs = {image: env for image, env in envs.items() if image in report.environments}
     data = generate_sample(work / "run" / "data", per_class=30, size=40, seed=7).root
-    model = rehearse_pipeline(envs, work / "run", data, report)
+    model = rehearse_pipeline({image: venv_runner(env, work / "run") for image, env in envs.items()},
+                              work / "run", data, report)
+    umask = os.umask(0o022)
+    os.umask(umask)  # the stages inherited this process's umask; nothing else runs in this process meanwhile
+    check_modes(work / "run" / "pipeline-root", umask, report)
     if model is not None and "serve" in envs:
         image = next((data / "test" / "ai_generated").iterdir())
         rehearse_serve(envs["serve"], model, image, work / "run", report)

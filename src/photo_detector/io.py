@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,37 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; on success it replaces `path` in one rename."""
+def _create_exclusive(parent: Path, prefix: str, suffix: str, make: Callable[[Path], Any]) -> Path:
+    """A fresh, unguessable name in `parent`, created by `make` (which fails if the name exists)."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            make(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {parent}")
+
+
+def temp_sibling_dir(path: str | os.PathLike[str]) -> Path:
+    """A new empty folder beside `path`, to fill and rename onto it. Unlike `tempfile.mkdtemp` (0700) it has
+    the mode `mkdir` gives (0777 less the umask), so what lands at `path` is readable where a plain folder is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    return _create_exclusive(path.parent, f".{path.name}.", "", lambda p: p.mkdir(0o777))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; on success it replaces `path` in one rename.
+
+    The temporary file is created with the mode a plain `open()` gives (0666 less the umask), not
+    `tempfile.mkstemp`'s 0600, which the rename would keep: a model folder written this way must be readable
+    by the serve container's non-root user, a teammate on a shared disk or a web server showing the reports."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = _create_exclusive(path.parent, f".{path.name}.", ".tmp",
+                                 lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         yield tmp_path
         os.replace(tmp_path, path)

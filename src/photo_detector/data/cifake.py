@@ -23,6 +23,7 @@ from pathlib import Path
 
 from photo_detector.data.layout import IMAGE_EXTENSIONS
 from photo_detector.errors import DataError, OutputExistsError
+from photo_detector.io import temp_sibling_dir
 
 KAGGLE_DATASET = "birdy654/cifake-real-and-ai-generated-synthetic-images"
 # Hugging Face copies of CIFAKE, and what each holds (README "CIFAKE" lists them too).
@@ -149,7 +150,7 @@ def prepare_cifake(out: str | Path, *, source: str | Path | None = None, hf_id: 
         raise DataError(f"CIFAKE source {src} is not a folder", "pass the downloaded CIFAKE folder")
     counts = {s: {"real": 0, "ai_generated": 0} for s in ("train", "val", "test")}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_sibling_dir(out)  # mkdir's mode, not mkdtemp's 0700: the data must be readable
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.unpacked.", dir=out.parent))
     try:
         base = _parquet_images(src, work) or _unzip(src, work)

@@ -16,7 +16,6 @@ near-duplicates (brightened, re-encoded copies) of train/real images, as CIFAR-1
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -27,6 +26,7 @@ from PIL import Image, ImageFilter
 
 from photo_detector import CLASS_NAMES, SPLITS
 from photo_detector.errors import DataError, OutputExistsError
+from photo_detector.io import temp_sibling_dir
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SOURCE_PHOTOS = ("china.jpg", "flower.jpg")
@@ -150,7 +150,7 @@ def generate_sample(out: str | Path, *, per_class: int = 800, size: int = 72, se
     counts = split_counts(per_class)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_sibling_dir(out)  # mkdir's mode, not mkdtemp's 0700: the data must be readable
     try:
         makers = (make_real, make_ai)
         suffix = ".png" if fmt == "png" else ".jpg"
