@@ -29,7 +29,9 @@ def test_arguments_name_the_config_and_carry_other_keys_as_overrides() -> None:
 
 @pytest.mark.slow
 def test_whole_dag_runs_locally_and_summarises(sample_dir: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(**{"gate.min_accuracy": 0.0, "gate.min_f1": 0.0})
+    # Every threshold at 0 (the robustness checks still run, so the evaluate stage must produce their metrics).
+    cfg = tiny_config(**{"gate.min_accuracy": 0.0, "gate.min_f1": 0.0,
+                         "gate.robustness": {"jpeg_q75": 0.0, "webp_q80": 0.0}})
     res = run_local(cfg, out=tmp_path / "runs", data=sample_dir)
     assert res.succeeded, res.error
     assert [s["stage"] for s in res.stages] == ["fingerprint", "verify-data", "train", "evaluate", "quality-gate",
