@@ -206,14 +206,20 @@ def _answer(state: ServiceState, payload: dict[str, Any], timing: Timing) -> JSO
     return JSONResponse(payload, headers={"server-timing": timing.header()})
 
 
+async def _one_file(request: Request, timing: Timing, hint: str) -> bytes:
+    """The one 'file' part of a single-image route (timed as the read phase); 400 with `hint` otherwise."""
+    with timing.phase("read"):
+        blobs = await _files(request, "file", 1)
+    if len(blobs) != 1:
+        raise ClientError(400, f"send exactly one 'file'; {hint}")
+    return blobs[0]
+
+
 async def predict(request: Request) -> Response:
     state = _state(request)
     model = _model(state)
     timing = Timing()
-    with timing.phase("read"):
-        blobs = await _files(request, "file", 1)
-    if len(blobs) != 1:
-        raise ClientError(400, "send exactly one 'file'; use /predict/batch for several")
+    blobs = [await _one_file(request, timing, "use /predict/batch for several")]
     probs = await _in_worker(state, _predict_files, blobs, timing)
     return _answer(state, {**_result(state, model, probs, timing)[0], "request_id": request.state.request_id}, timing)
 
@@ -294,11 +300,8 @@ async def explain(request: Request) -> Response:
     state = _state(request)
     model = _model(state)
     timing = Timing()
-    with timing.phase("read"):
-        blobs = await _files(request, "file", 1)
-    if len(blobs) != 1:
-        raise ClientError(400, "send exactly one 'file'; /v1/explain maps one image per request")
-    out = await _in_worker(state, _explain_file, blobs[0], timing)
+    blob = await _one_file(request, timing, "/v1/explain maps one image per request")
+    out = await _in_worker(state, _explain_file, blob, timing)
     t, p = model.thresholds, out["probability"]
     return _answer(state, {**out, "probability": round(p, 6), "prediction": label_for(p, t),
                            "confidence": confidence_for(p, t), "threshold": t.classification,
