@@ -178,6 +178,7 @@ def _experiment_time_series(cfg: Config, pipeline_job: str) -> Callable[[dict[st
 def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: Any, *, data_digest: str,
           config_overrides: dict[str, Any], pipeline_job: str = "", **params: Any) -> tuple[None, dict[str, Any]]:
     from photo_detector.artifacts import HISTORY, LAST, read_record
+    from photo_detector.cloud.gcs import staging_source
     from photo_detector.cloud.run_service import model_version
     from photo_detector.cloud.weights import fetch_weights
     from photo_detector.data.packed import read_manifest
@@ -198,7 +199,7 @@ def train(verified: Any, model: Any, epoch_metrics: Any, metrics: Any, report: A
         log.info("resuming from %s: an earlier attempt of this task saved it", Path(model.path) / LAST)
     fetch_weights(cfg.model)
     result = run_train(verified.path, model.path, cfg, resume=resume,
-                       on_epoch_end=_experiment_time_series(cfg, pipeline_job))
+                       on_epoch_end=_experiment_time_series(cfg, pipeline_job), stage=staging_source(verified.path))
     if not result.main:  # another replica of a train.nodes job: the first one writes the model and metrics
         return None, {"model": model.path, "replica": "worker (the primary replica writes the outputs)"}
     record = read_record(model.path)

@@ -24,6 +24,7 @@ from photo_detector.config import Config, from_dict
 from photo_detector.data.augment import BatchAugment, degrade, eval_transform, jpeg_recompress, uint8_nchw
 from photo_detector.data.loader import Prefetcher, Rows, Split, batches_of, epoch_order, load_data
 from photo_detector.data.packed import PackedSplit
+from photo_detector.data.staging import Fetch, StagedSplit, stage_limit
 from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_model_folder
 from photo_detector.io import prepare_output_dir, write_text_atomic
@@ -79,7 +80,7 @@ class TrainResult:
 
 
 class _Trainer:
-    def __init__(self, cfg: Config, data_dir: Path, shard: Shard) -> None:
+    def __init__(self, cfg: Config, data_dir: Path, shard: Shard, stage: Fetch | None = None) -> None:
         self.cfg = cfg
         self.shard = shard
         self.device = select_device(cfg.train.device)
@@ -97,6 +98,10 @@ class _Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.train_x = self._resident(self.train_split)
+        if self.train_x is None and stage is not None and cfg.train.stage_mb > 0 and \
+                isinstance(self.train_split, PackedSplit):  # on Cloud Storage: whole shards to the boot disk
+            self.train_split = StagedSplit(self.train_split, stage, stage_limit(cfg.train.stage_mb, cfg.train.gpus),
+                                           processes=cfg.train.gpus)
         self.val_x = self._resident(self.val_split)
         self.train_y = torch.from_numpy(self.train_split.labels).float()
         # The global batch (every process's rows together); each process trains on `self.rows` of it.
@@ -117,7 +122,11 @@ class _Trainer:
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def _where(self, x: torch.Tensor | None) -> str:
-        return f"resident on {x.device}" if x is not None else "streamed from its shards"
+        if x is not None:
+            return f"resident on {x.device}"
+        if isinstance(self.train_split, StagedSplit):
+            return f"streamed from shards staged to {self.train_split.dir}"
+        return "streamed from its shards"
 
     def _resident(self, split: Split) -> torch.Tensor | None:
         """The split as one uint8 NCHW tensor where training runs, when that is the fast path; else None and
@@ -155,8 +164,20 @@ class _Trainer:
         if self.train_x is not None:
             yield from ((torch.from_numpy(i), None) for i in idxs)
             return
-        for i, xb in zip(idxs, Prefetcher(self._read(self.train_split), idxs), strict=True):
-            yield torch.from_numpy(i), xb
+        staged = self.train_split if isinstance(self.train_split, StagedSplit) else None
+        if staged is not None:
+            staged.plan(idxs)
+        try:
+            for i, xb in zip(idxs, Prefetcher(self._read(self.train_split), idxs), strict=True):
+                yield torch.from_numpy(i), xb
+        finally:
+            if staged is not None:
+                staged.finish()
+
+    def close(self) -> None:
+        """Deletes what the data needed on local disk (staged shards)."""
+        if isinstance(self.train_split, StagedSplit):
+            self.train_split.close()
 
     def build(self, load_pretrained: bool) -> None:
         cfg = self.cfg
@@ -287,7 +308,7 @@ class _Trainer:
 def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume: bool = False,
               force: bool = False, on_epoch_end: Callable[[dict[str, float]], None] | None = None,
               on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-              environ: dict[str, str] | None = None) -> TrainResult:
+              environ: dict[str, str] | None = None, stage: Fetch | None = None) -> TrainResult:
     """Train on `data_dir/{train,val}` and write checkpoints, metrics.csv, model.onnx and model.json.
 
     `on_epoch_end(row)` is called after each epoch's checkpoints are on disk (pipelines log metrics with it);
@@ -296,6 +317,8 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     first, so they must be picklable (module-level functions). With train.nodes > 1 the machine's place in
     the job comes from `environ` (os.environ by default: Vertex's CLUSTER_SPEC, see parallel.rendezvous);
     only the first machine writes `out_dir`, and the others return a TrainResult without metrics.
+    `stage` fetches the packed folder's files whole when it is on Cloud Storage (cloud.gcs.staging_source):
+    streamed training shards are then staged to local disk within train.stage_mb (data.staging).
     """
     start = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out_dir)
@@ -310,7 +333,7 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
         check_world(cfg.train.gpus, device, cfg.data.batch_size, nodes=node.nodes)
     if node.rank == 0:
         prepare_output_dir(out, force=force, resume=resume)
-    args = (data_dir, out, cfg, resume, on_epoch_end, on_checkpoint)
+    args = (data_dir, out, cfg, resume, on_epoch_end, on_checkpoint, stage)
     if world == 1:
         result = _train(*args, Shard(), ckpt=ckpt)
     else:  # each process reads the checkpoint itself (no copy of it through the launcher)
@@ -341,7 +364,7 @@ class _MidEpoch:
 
 def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
            on_epoch_end: Callable[[dict[str, float]], None] | None,
-           on_checkpoint: Callable[[dict[str, Any]], None] | None, shard: Shard,
+           on_checkpoint: Callable[[dict[str, Any]], None] | None, stage: Fetch | None, shard: Shard,
            ckpt: dict[str, Any] | None = None) -> TrainResult:
     """The training loop of one process; `shard` says which (rank 0 of 1 without DDP). `ckpt`: last.pt when
     the caller has read it already; else it is read here when resuming."""
@@ -352,7 +375,7 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    trainer = _Trainer(cfg, data_dir, shard)
+    trainer = _Trainer(cfg, data_dir, shard, stage)
     trainer.build(load_pretrained=ckpt is None and cfg.model.pretrained)
     if shard.main:
         write_text_atomic(out / CONFIG, cfg.to_yaml())
@@ -449,6 +472,7 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
                      "  *best*" if best_epoch == epoch else "")
             if on_epoch_end is not None:
                 on_epoch_end(row)
+    trainer.close()
     stopped_by = stopped_by or "epochs"
     if stopped_by == "early_stopping":
         log.info("early stopping: %s did not improve for %d epochs", monitor, patience)

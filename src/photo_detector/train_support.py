@@ -30,9 +30,10 @@ TIMING_KEYS = ("seconds", "images_per_second", "gpu_peak_memory_mib")
 # to stop, not how each epoch trains).
 # train.gpus is among them: N processes train like one on the same global batch (photo_detector.parallel), so
 # an attempt may resume on fewer or more GPUs.
-# train.nodes likewise; train.checkpoint_every_minutes says when to save, not what is computed.
+# train.nodes likewise; train.checkpoint_every_minutes says when to save, not what is computed, and
+# train.stage_mb where the bytes are read from, not which.
 RESUME_FREE_KEYS = {("data", "num_workers"), ("train", "device"), ("train", "max_minutes"), ("train", "gpus"),
-                    ("train", "nodes"), ("train", "checkpoint_every_minutes")}
+                    ("train", "nodes"), ("train", "checkpoint_every_minutes"), ("train", "stage_mb")}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from photo_detector.errors import PhotoDetectorError
 
 def cmd_train(args: argparse.Namespace) -> int:
     from photo_detector.artifacts import LOGS
+    from photo_detector.cloud.gcs import staging_source
     from photo_detector.cloud.weights import fetch_weights
     from photo_detector.train import run_train
 
@@ -20,7 +21,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "train.learning_rate": args.learning_rate, "model.weights": args.weights,
                          "train.device": args.device, "train.gpus": args.gpus})
     fetch_weights(cfg.model)
-    res = run_train(args.data, args.out, cfg, resume=args.resume, force=args.force)
+    res = run_train(args.data, args.out, cfg, resume=args.resume, force=args.force,
+                    stage=staging_source(args.data))
     m = res.best_metrics
     why = {"early_stopping": " (stopped early)", "budget": f" (time budget of {cfg.train.max_minutes:g} min)"}
     print(f"best epoch {res.best_epoch}/{res.epochs_run}: val_accuracy {m['val_accuracy']:.4f} "

@@ -327,3 +327,40 @@ def upload_folder(src: str | Path, uri: str, *, workers: int = 8, project: str |
     log.info("uploaded %d files (%d bytes), %d unchanged, from %s to %s", len(result.copied), result.bytes_copied,
              len(result.skipped), src, uri)
     return result
+
+
+MOUNT_ENV = "PHOTO_DETECTOR_GCS_MOUNT"  # where buckets appear as folders; Vertex AI custom jobs: /gcs
+
+
+def mounted_uri(path: str | Path) -> str | None:
+    """gs://BUCKET/PATH of a path under the Cloud Storage FUSE mount (`/gcs/BUCKET/PATH` on Vertex AI, or
+    $PHOTO_DETECTOR_GCS_MOUNT laid out the same way), else None (a local folder)."""
+    mount = Path(os.environ.get(MOUNT_ENV, "/gcs")).absolute()
+    try:
+        rel = Path(path).absolute().relative_to(mount)
+    except ValueError:
+        return None
+    return f"gs://{rel.as_posix()}" if rel.parts else None
+
+
+@dataclass(frozen=True)
+class FolderObjects:
+    """Whole objects of the folder gs://BUCKET/PREFIX, through the storage client, the `Fetch` that
+    data.staging stages shards with (a plain value, so it pickles into every training process)."""
+
+    uri: str
+
+    def __call__(self, name: str, dest: Path) -> None:
+        bucket, prefix = split_uri(self.uri)
+        blob = thread_client().bucket(bucket).blob(f"{prefix}/{name}" if prefix else name)
+        try:
+            blob.download_to_filename(str(dest), timeout=120, retry=_retry(), checksum="crc32c")
+        except _transfer_errors() as exc:
+            raise _gcs_error(f"staging gs://{bucket}/{blob.name}", exc) from None
+
+
+def staging_source(data_dir: str | Path) -> FolderObjects | None:
+    """What stages a packed folder's shards when it is on Cloud Storage through the mount; None for a local
+    folder (read in place)."""
+    uri = mounted_uri(data_dir)
+    return FolderObjects(uri) if uri else None

@@ -149,6 +149,13 @@ class PackedSplit:
                 os.close(self._fds.popitem(last=False)[1])
             return fd
 
+    def release(self, k: int) -> None:
+        """Close shard `k`'s file if it is open (a staged copy about to be deleted frees its disk only then)."""
+        with self._lock:
+            fd = self._fds.pop(k, None)
+            if fd is not None:
+                os.close(fd)
+
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
