@@ -93,19 +93,23 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def _tree_rss(pid: int) -> tuple[dict[int, int], int]:
+def _tree_rss(pid: int) -> tuple[dict[int, int], int, int]:
+    """RSS per process, and the tree's RSS and PSS sums. PSS splits pages shared between the processes (torch's
+    libraries, mapped by each) among them, so the PSS sum counts them once: the tree's real host memory."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return {}, 0
-    rss = {}
+        return {}, 0, 0
+    rss, pss = {}, 0
     for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            rss[p.pid] = p.memory_info().rss
-    return rss, sum(rss.values())
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            info = p.memory_full_info()  # /proc/PID/smaps_rollup
+            rss[p.pid] = info.rss
+            pss += info.pss
+    return rss, sum(rss.values()), pss
 
 
 def measure(data: Path, overrides: dict[str, Any], steps: int, gpus: int) -> dict[str, Any]:
@@ -114,14 +118,15 @@ def measure(data: Path, overrides: dict[str, Any], steps: int, gpus: int) -> dic
            "--overrides", json.dumps({**overrides, "train.gpus": gpus})]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak_each: dict[int, int] = {}
-    peak_total = [0]
+    peak_total = [0, 0]
 
     def poll() -> None:
         while proc.poll() is None:
-            rss, total = _tree_rss(proc.pid)
+            rss, total, pss = _tree_rss(proc.pid)
             for p, v in rss.items():
                 peak_each[p] = max(peak_each.get(p, 0), v)
             peak_total[0] = max(peak_total[0], total)
+            peak_total[1] = max(peak_total[1], pss)
             time.sleep(0.05)
 
     thread = threading.Thread(target=poll, daemon=True)
@@ -134,7 +139,7 @@ def measure(data: Path, overrides: dict[str, Any], steps: int, gpus: int) -> dic
     # With gpus > 1 the tree is the launcher plus the training processes: the largest few are the trainers.
     trainers = sorted(peak_each.values(), reverse=True)[:gpus]
     return {**result, "peak_rss_mib": max(trainers) / 2**20, "peak_tree_mib": peak_total[0] / 2**20,
-            "trainers_mib": [v / 2**20 for v in trainers]}
+            "peak_tree_pss_mib": peak_total[1] / 2**20, "trainers_mib": [v / 2**20 for v in trainers]}
 
 
 def contents(data_root: Path, packed: Path, size: int, seconds: float = 8.0) -> dict[str, Any]:
@@ -268,17 +273,18 @@ def main() -> None:
             f"{args.scale}N gpus=2": measure(sets[big][1], overrides, args.steps, 2)}
     base = runs["N"]["peak_rss_mib"]
     print(f"\n## Train stage, {args.steps} steps of batch {args.batch} at 224 px, CPU ({os.cpu_count()} cores)\n")
-    print("| run | training rows | peak RSS (MiB) | vs N | whole tree (MiB) | first batch (s) | loader img/s "
-          "| model img/s | loader / model |")
+    print("| run | training rows | peak RSS (MiB) | vs N | whole tree RSS / PSS (MiB) | first batch (s) "
+          "| loader img/s | model img/s | loader / model |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in runs.items():
         print(f"| {name} | {r['rows']} | {r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] / base:.2f}x | "
-              f"{r['peak_tree_mib']:.0f} | {r['first_batch_s']:.1f} | {r['loader_img_s']:.0f} | "
-              f"{r['train_img_s']:.1f} | {r['loader_img_s'] / r['train_img_s']:.0f}x |")
-    two = runs[f"{args.scale}N gpus=2"]
+              f"{r['peak_tree_mib']:.0f} / {r['peak_tree_pss_mib']:.0f} | {r['first_batch_s']:.1f} | "
+              f"{r['loader_img_s']:.0f} | {r['train_img_s']:.1f} | {r['loader_img_s'] / r['train_img_s']:.0f}x |")
+    two, one = runs[f"{args.scale}N gpus=2"], runs[f"{args.scale}N"]
     print(f"\ngpus=2: each training process {', '.join(f'{v:.0f}' for v in two['trainers_mib'])} MiB "
-          f"({max(two['trainers_mib']) / runs[f'{args.scale}N']['peak_rss_mib']:.2f}x one process); the whole "
-          f"tree (launcher + 2 trainers) {two['peak_tree_mib']:.0f} MiB")
+          f"({max(two['trainers_mib']) / one['peak_rss_mib']:.2f}x one process); the whole tree (launcher + 2 "
+          f"trainers) {two['peak_tree_mib']:.0f} MiB RSS, {two['peak_tree_pss_mib']:.0f} MiB PSS "
+          f"({two['peak_tree_pss_mib'] / one['peak_tree_pss_mib']:.2f}x one process's PSS)")
 
     c = contents(sets[n][0], sets[n][1], int(load_config(None, overrides).data.resize_size))
     print(f"\n## Shard contents ({c['threads']} loader threads)\n")
