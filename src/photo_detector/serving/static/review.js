@@ -152,13 +152,17 @@
   }
 
   function drawBands(card, thresholds) {
-    // Confidence from the margin |2p - 1|: high at >= high_confidence, low below low_confidence.
-    const hi = (1 - thresholds.high_confidence) / 2;
-    const lo = (1 - thresholds.low_confidence) / 2;
+    // Confidence from the margin to the threshold t, scaled per side (photo_detector.decision): high at
+    // >= high_confidence, low below low_confidence. At t = 0.5 the bands are symmetric.
+    const t = thresholds.classification;
+    const below = (m) => t * (1 - m);
+    const above = (m) => t + (1 - t) * m;
+    const h = thresholds.high_confidence;
+    const l = thresholds.low_confidence;
     const bands = $(".bands", card);
     bands.replaceChildren();
-    for (const [from, to, name] of [[0, hi, "high"], [hi, lo, "medium"], [lo, 1 - lo, "low"],
-      [1 - lo, 1 - hi, "medium"], [1 - hi, 1, "high"]]) {
+    for (const [from, to, name] of [[0, below(h), "high"], [below(h), below(l), "medium"],
+      [below(l), above(l), "low"], [above(l), above(h), "medium"], [above(h), 1, "high"]]) {
       const band = document.createElement("span");
       band.className = `band band-${name}`;
       band.style.width = `${((to - from) * 100).toFixed(3)}%`;
