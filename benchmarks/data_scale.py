@@ -248,6 +248,7 @@ def main() -> None:
         return
 
     from photo_detector.config import load_config
+    from photo_detector.data.packed import FORMAT_VERSION
     from photo_detector.data.sample import generate_sample, split_counts
     from photo_detector.verify import run_verify
 
@@ -261,7 +262,8 @@ def main() -> None:
         if not (root / "test").is_dir():
             print(f"generating {n} training photos (320 px JPEG) in {root}", file=sys.stderr, flush=True)
             generate_sample(root, per_class=per_class, size=320, fmt="jpeg", quality=(90, 90), force=True)
-        if not (packed / "manifest.json").is_file():
+        manifest = packed / "manifest.json"
+        if not manifest.is_file() or json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
             t = time.perf_counter()
             run_verify(root, packed, cfg)
             print(f"verify-data {n}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)

@@ -43,6 +43,9 @@ def test_shards_are_listed_with_counts_and_checksums_and_read_back_exactly(packe
     manifest = read_manifest(packed)
     train = manifest["splits"]["train"]
     assert manifest["content"] == "squares" and train["count"] == 44 and len(train["shards"]) == 11
+    # Per-row lists live in index/ files, not in the manifest every process parses: a byte a label.
+    assert not {"paths", "labels"} & set(train) and (packed / train["labels_file"]).stat().st_size == 44
+    labels = list((packed / train["labels_file"]).read_bytes())
     for s in train["shards"]:
         data = (packed / s["file"]).read_bytes()
         assert len(data) == s["bytes"] == s["count"] * 40 * 40 * 3
@@ -56,9 +59,9 @@ def test_shards_are_listed_with_counts_and_checksums_and_read_back_exactly(packe
     by_path = dict(zip([p.relative_to(sample_dir).as_posix() for p in files.paths], files.paths, strict=True))
     for i in (0, 17, 43):
         assert np.array_equal(whole[i], decode_square(by_path[split.paths[i]], 40))
-        assert split.labels[i] == train["labels"][i] == (1 if "/ai_generated/" in split.paths[i] else 0)
+        assert split.labels[i] == labels[i] == (1 if "/ai_generated/" in split.paths[i] else 0)
     # Shards mix the classes (hashed order), rather than all reals then all fakes.
-    per_shard = [set(train["labels"][k * 4:(k + 1) * 4]) for k in range(11)]
+    per_shard = [set(labels[k * 4:(k + 1) * 4]) for k in range(11)]
     assert sum(len(c) == 2 for c in per_shard) >= 3
 
 
@@ -69,7 +72,10 @@ def test_an_old_or_damaged_packed_folder_says_re_run_verify_data(packed: Path, t
     shutil.copytree(packed, old)
     manifest = json.loads((old / "manifest.json").read_text())
     (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
-    with pytest.raises(DataError, match=r"format_version 2.*older, unsharded.*re-run verify-data"):
+    with pytest.raises(DataError, match=r"format_version 2.*older packed format: an unsharded.*re-run verify-data"):
+        read_manifest(old)
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
+    with pytest.raises(DataError, match=r"format_version 3, this version reads 4.*per-row lists inside the manifest"):
         read_manifest(old)
     (old / "manifest.json").write_text(json.dumps(manifest))
     shard = old / manifest["splits"]["train"]["shards"][3]["file"]
@@ -79,6 +85,9 @@ def test_an_old_or_damaged_packed_folder_says_re_run_verify_data(packed: Path, t
     shard.write_bytes(b"\0" * 19200)
     with pytest.raises(DataError, match="does not match its manifest"):
         read_packed(old, "train").read_all()
+    (old / manifest["splits"]["train"]["labels_file"]).write_bytes(b"\0" * 43)
+    with pytest.raises(DataError, match=r"holds 44 rows in its shards and 43 labels.*re-run verify-data"):
+        read_packed(old, "train")
 
 
 def test_the_epoch_order_is_a_permutation_from_seed_and_epoch_only() -> None:

@@ -148,7 +148,7 @@ def test_leakage_quarantines_the_held_out_twin_and_evaluation_skips_it(data: Pat
     assert checks(res)["leakage-quarantined"] == ("warning", ["test/real/copy.jpg", "val/ai_generated/leak.png"])
     assert (res.metrics()["quarantined_val"], res.metrics()["quarantined_test"]) == (1.0, 1.0)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert "val/ai_generated/leak.png" not in manifest["splits"]["val"]["paths"]
+    assert "val/ai_generated/leak.png" not in read_packed(tmp_path / "out", "val").paths
     assert manifest["splits"]["val"]["count"] == 9 == len(read_packed(tmp_path / "out", "val").read_all())
     assert manifest["splits"]["train"]["count"] == 44, "training images are never dropped"
     assert "test/real/copy.jpg" not in manifest["files"]["test"]["paths"]
@@ -193,7 +193,7 @@ def test_align_reencodes_every_image_then_the_check_passes(data: Path, tmp_path:
     assert manifest["shortcut"]["policy"] == "align"
     # The packed fake (a PNG) is what its JPEG re-encoding at quality 80 decodes to, not its own pixels.
     packed = read_packed(tmp_path / "out", "train").read_all()
-    first_fake = manifest["splits"]["train"]["paths"].index("train/ai_generated/img_00000.png")
+    first_fake = read_packed(tmp_path / "out", "train").paths.index("train/ai_generated/img_00000.png")
     original = np.asarray(Image.open(data / "train" / "ai_generated" / "img_00000.png").convert("RGB"))
     buf = io.BytesIO()
     Image.fromarray(original).save(buf, format="JPEG", quality=80)

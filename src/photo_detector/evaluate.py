@@ -27,7 +27,7 @@ from photo_detector import CLASS_NAMES
 from photo_detector.artifacts import read_record
 from photo_detector.config import Config, EvaluateConfig, load_config
 from photo_detector.data.layout import SplitFiles, discover_split, source_of
-from photo_detector.data.packed import is_packed, read_manifest
+from photo_detector.data.packed import is_packed, read_manifest, read_packed
 from photo_detector.errors import DataError
 from photo_detector.evalstats import bootstrap, reliability, sigmoid, tpr_at_fpr, wilson
 from photo_detector.gate import flat_metrics
@@ -143,7 +143,10 @@ def split_files(data_dir: str | Path, split: str) -> tuple[SplitFiles, dict[str,
     if not is_packed(data_dir):
         return discover_split(data_dir, split), {}
     manifest = read_manifest(data_dir)
-    listed = manifest.get("files", {}).get(split) or manifest["splits"].get(split)
+    listed = manifest.get("files", {}).get(split)
+    if listed is None and split in manifest["splits"]:  # a packed split lists its rows in its own files
+        packed = read_packed(data_dir, split, manifest)
+        listed = {"paths": packed.paths, "labels": packed.labels.tolist()}
     if listed is None:
         raise DataError(f"verified dataset {data_dir} lists no '{split}' split",
                         f"it lists {', '.join([*manifest.get('files', {}), *manifest['splits']])}")

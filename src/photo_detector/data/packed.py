@@ -1,15 +1,19 @@
 """The packed dataset: what verify-data hands to training, so the train stage never decodes a file again.
 
-Layout of a packed folder (format 3): `manifest.json` plus `shards/<split>-NNNNN.u8`, fixed-size files of
+Layout of a packed folder (format 4): `manifest.json` plus `shards/<split>-NNNNN.u8`, fixed-size files of
 decoded squares (the shared `decode_square` step), row after row: C-order (count, S, S, 3) uint8 with no
-header. The manifest lists, per packed split, every shard's sample count, byte size and SHA-256, the split's
-labels and source paths (in shard order), and the content digest of the source files, so lineage and caching
-follow content. Readers take rows by index with positional reads (never a memory map: mapped pages count in
-the reader's resident memory), so a split of any size is read without holding it.
+header, and per packed split `index/<split>-labels.u8` (one uint8 label a row) and `index/<split>-paths.json`
+(the source paths, in row order). The manifest lists, per packed split, every shard's sample count, byte size
+and SHA-256, and the content digest of the source files, so lineage and caching follow content. Per-row lists
+stay out of the manifest because every training process parses it: at a million photos they were ~40 MB of
+JSON and ~100 MiB of Python objects in each; the labels file is 1 MB and the paths are read only by those
+who name files (evaluate, reports). Readers take rows by index with positional reads (never a memory map:
+mapped pages count in the reader's resident memory), so a split of any size is read without holding it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,8 +31,11 @@ from photo_detector.errors import DataError
 
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
-# 3: sharded squares with counts and checksums (2: one memory-mapped .npy per split)
-FORMAT_VERSION = 3
+INDEX_DIR = "index"
+# 4: per-row labels and paths in index/ files; 3: sharded squares with the lists in the manifest; 2: one
+# memory-mapped .npy per split
+FORMAT_VERSION = 4
+OLDER = {2: "an unsharded packed store", 3: "per-row lists inside the manifest"}
 OPEN_FILES = 64  # shard files a reader keeps open (opening one on Cloud Storage FUSE is a metadata call)
 
 
@@ -65,12 +72,20 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise DataError(f"cannot read packed dataset manifest {file}: {exc}", "re-run verify-data") from None
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        older = isinstance(version, int) and version < FORMAT_VERSION
+        older = OLDER.get(version) if isinstance(version, int) else None
         raise DataError(f"{file} has format_version {version!r}, this version reads {FORMAT_VERSION}"
-                        + (" (sharded squares; the folder holds an older, unsharded packed store)" if older else ""),
+                        + (f" (the folder holds an older packed format: {older})" if older else ""),
                         "re-run verify-data with this version on the source images (the pipeline does so when "
                         "its cache is off or the verify-data image changed)")
     return manifest
+
+
+def labels_file(split: str) -> str:
+    return f"{INDEX_DIR}/{split}-labels.u8"
+
+
+def paths_file(split: str) -> str:
+    return f"{INDEX_DIR}/{split}-paths.json"
 
 
 @dataclass(frozen=True)
@@ -112,10 +127,8 @@ class PackedSplit:
     """One split of a packed folder, on disk: rows by global index, read with positional reads into one
     array (thread-safe; reads release the GIL, so loader threads overlap them)."""
 
-    def __init__(self, root: Path, split: str, size: int, labels: np.ndarray, paths: tuple[str, ...],
-                 shards: list[ShardInfo]) -> None:
-        self.root, self.split, self.size, self.labels, self.paths, self.shards = (root, split, size, labels, paths,
-                                                                                  shards)
+    def __init__(self, root: Path, split: str, size: int, labels: np.ndarray, shards: list[ShardInfo]) -> None:
+        self.root, self.split, self.size, self.labels, self.shards = root, split, size, labels, shards
         self.row_bytes = size * size * 3
         self._starts = np.array([s.start for s in shards], np.int64)
         self._fds: OrderedDict[int, int] = OrderedDict()
@@ -131,6 +144,19 @@ class PackedSplit:
     @property
     def nbytes(self) -> int:
         return len(self) * self.row_bytes
+
+    @functools.cached_property
+    def paths(self) -> tuple[str, ...]:
+        """Source paths (relative to the manifest's `source`) in row order; read on first use only."""
+        file = self.root / paths_file(self.split)
+        try:
+            paths = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"packed dataset {self.root}: cannot read {file}: {exc}", "re-run verify-data") from None
+        if not isinstance(paths, list) or len(paths) != len(self):
+            raise DataError(f"packed dataset {self.root}: {file} does not list one path per row ({len(self)})",
+                            "re-run verify-data")
+        return tuple(paths)
 
     def _fd(self, k: int) -> int:
         with self._lock:
@@ -228,8 +254,12 @@ def read_packed(path: str | Path, split: str, manifest: dict[str, Any] | None = 
             raise DataError(f"packed dataset {path} split '{split}': shard {file} is "
                             + ("missing" if actual is None else f"{actual} bytes, its manifest says {s['bytes']}"),
                             "re-run verify-data")
-    labels = np.asarray(info["labels"], np.int64)
+    try:
+        labels = np.fromfile(path / labels_file(split), np.uint8).astype(np.int64)
+    except OSError as exc:
+        raise DataError(f"packed dataset {path} split '{split}': cannot read its labels: {exc}",
+                        "re-run verify-data") from None
     if start != info["count"] or len(labels) != start:
         raise DataError(f"packed dataset {path} split '{split}' holds {start} rows in its shards and {len(labels)} "
                         f"labels, its manifest says {info['count']}", "re-run verify-data")
-    return PackedSplit(path, split, size, labels, tuple(info["paths"]), shards)
+    return PackedSplit(path, split, size, labels, shards)

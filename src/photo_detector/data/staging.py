@@ -68,7 +68,7 @@ class StagedSplit:
         self.labels, self.size, self.shards = remote.labels, remote.size, remote.shards
         self.dir = Path(tempfile.mkdtemp(prefix="photo-detector-stage-", dir=root))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)  # also at interpreter exit
-        self.local = PackedSplit(self.dir, remote.split, remote.size, remote.labels, remote.paths, remote.shards)
+        self.local = PackedSplit(self.dir, remote.split, remote.size, remote.labels, remote.shards)
         self._starts = np.array([s.start for s in remote.shards], np.int64)
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []

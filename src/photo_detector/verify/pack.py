@@ -6,13 +6,14 @@ is written last: a folder with one is complete."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from photo_detector.data.packed import FORMAT_VERSION, MANIFEST, SHARD_DIR
-from photo_detector.io import write_json_atomic
+from photo_detector.data.packed import FORMAT_VERSION, INDEX_DIR, MANIFEST, SHARD_DIR, labels_file, paths_file
+from photo_detector.io import write_atomic, write_json_atomic, write_text_atomic
 
 PACKED_SPLITS = ("train", "val")  # what training reads; test stays files for the evaluate stage
 
@@ -31,13 +32,14 @@ class PackedWriter:
         self.row_bytes = size * size * 3
         self.rows_per_shard = max(1, shard_bytes // self.row_bytes)
         (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        (out / INDEX_DIR).mkdir(exist_ok=True)
         self._remove_stale()
         self.shards: dict[str, list[_Shard]] = {s: [] for s in PACKED_SPLITS}
         self._open: dict[str, tuple[BinaryIO, Any]] = {}
 
     def _remove_stale(self) -> None:
         """Shards of an earlier run into the same folder (a retried task) must not outlive it."""
-        for p in (self.out / SHARD_DIR).iterdir():
+        for p in [*(self.out / SHARD_DIR).iterdir(), *(self.out / INDEX_DIR).iterdir()]:
             if p.is_file():
                 p.unlink()
         (self.out / MANIFEST).unlink(missing_ok=True)
@@ -90,9 +92,12 @@ class PackedWriter:
                                "sha256": s.sha256})
                 paths += [s.paths[i] for i in keep]
                 labels += [s.labels[i] for i in keep]
+            # Per-row lists in their own files (data.packed says why), written before the manifest.
+            write_atomic(self.out / labels_file(split), lambda tmp: tmp.write_bytes(bytes(labels)))  # noqa: B023
+            write_text_atomic(self.out / paths_file(split), json.dumps(paths, separators=(",", ":")))
             splits[split] = {"count": len(labels), "real": labels.count(0), "ai_generated": labels.count(1),
-                             "bytes": len(labels) * self.row_bytes, "shards": listed, "paths": paths,
-                             "labels": labels}
+                             "bytes": len(labels) * self.row_bytes, "shards": listed,
+                             "labels_file": labels_file(split), "paths_file": paths_file(split)}
         manifest = {"format_version": FORMAT_VERSION, **manifest, "store_size": self.size,
                     "content": "squares", "splits": splits}
         write_json_atomic(self.out / MANIFEST, manifest)
