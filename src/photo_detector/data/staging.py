@@ -61,10 +61,11 @@ class StagedSplit:
     """A `PackedSplit` whose planned reads come from staged copies of its shards (same interface)."""
 
     def __init__(self, remote: PackedSplit, fetch: Fetch, limit_bytes: int, root: str | Path | None = None, *,
-                 processes: int = 1) -> None:
+                 processes: int = 1, downloads: int = DOWNLOADS) -> None:
         """`limit_bytes` is this process's share; `processes` (this machine's training processes sharing
         `train.stage_mb`) only sizes the hint when the limit is too small."""
         self.remote, self.fetch, self.limit, self.processes = remote, fetch, int(limit_bytes), max(1, processes)
+        self.downloads = max(1, downloads)
         self.labels, self.size, self.shards = remote.labels, remote.size, remote.shards
         self.dir = Path(tempfile.mkdtemp(prefix="photo-detector-stage-", dir=root))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)  # also at interpreter exit
@@ -77,6 +78,7 @@ class StagedSplit:
         self._left: dict[int, int] = {}      # planned rows still to read, per shard
         self._staged: set[int] = set()
         self._failed: dict[int, BaseException] = {}
+        self._broken: BaseException | None = None  # the first download failure: no shard after it will come
         self._reserved = 0                   # bytes of shards staged or being downloaded
         self._closed = False
         self.stats = {"downloaded_bytes": 0, "download_seconds": 0.0, "wait_seconds": 0.0, "peak_bytes": 0}
@@ -129,7 +131,7 @@ class StagedSplit:
             self._queue = sorted(first, key=lambda k: (first[k], k))
             self._next, self._left, self._closed = 0, left, False
         self._threads = [threading.Thread(target=self._download_loop, name=f"photo-detector-stage-{i}", daemon=True)
-                         for i in range(min(DOWNLOADS, len(self._queue)))]
+                         for i in range(min(self.downloads, len(self._queue)))]
         for th in self._threads:
             th.start()
         log.info("staging %d shard(s) (%.1f MiB) from %s to %s; at most %.1f MiB on disk, %.1f MiB needed at once",
@@ -139,10 +141,10 @@ class StagedSplit:
     def _download_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and self._next < len(self._queue) and \
+                while not self._closed and self._broken is None and self._next < len(self._queue) and \
                         self._reserved + self.shards[self._queue[self._next]].bytes > self.limit:
                     self._cond.wait()
-                if self._closed or self._next >= len(self._queue):
+                if self._closed or self._broken is not None or self._next >= len(self._queue):
                     return
                 k = self._queue[self._next]
                 self._next += 1
@@ -150,9 +152,10 @@ class StagedSplit:
                 self.stats["peak_bytes"] = max(self.stats["peak_bytes"], self._reserved)
             try:
                 seconds = self._download(k)
-            except BaseException as exc:  # handed to the reader that needs this shard
+            except BaseException as exc:  # handed to the reader that needs this shard, or any later one
                 with self._cond:
                     self._failed[k] = exc
+                    self._broken = self._broken or exc
                     self._cond.notify_all()
                 return
             with self._cond:
@@ -185,16 +188,18 @@ class StagedSplit:
         return time.perf_counter() - start
 
     def _wait(self, ks: list[int]) -> None:
+        """Until shards `ks` are staged; a failed download is raised in every reader that still waits (its own
+        error for its shard, else the first), so no reader waits for a download that will not come."""
         start = time.perf_counter()
         with self._cond:
             for k in ks:
                 while k not in self._staged:
-                    if k in self._failed:
-                        raise self._failed[k]
+                    if k in self._failed or self._broken is not None:
+                        raise self._failed.get(k) or self._broken  # type: ignore[misc]
                     if self._closed:
                         raise PhotoDetectorError("the staged split was closed while a read waited")
                     self._cond.wait(timeout=1.0)
-        self.stats["wait_seconds"] += time.perf_counter() - start
+            self.stats["wait_seconds"] += time.perf_counter() - start
 
     def read(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         """Rows `indices`: from staged copies when the current plan covers their shards, else from the packed
@@ -239,7 +244,7 @@ class StagedSplit:
         with self._cond:
             for k in list(self._staged):
                 self._evict(k)
-            self._left, self._queue, self._failed = {}, [], {}
+            self._left, self._queue, self._failed, self._broken = {}, [], {}, None
             self._reserved = 0
         for part in self.dir.rglob("*.part"):
             part.unlink(missing_ok=True)
@@ -252,7 +257,7 @@ class StagedSplit:
         if st["downloaded_bytes"]:
             log.info("staged %.1f MiB of shards (%.0f MB/s per download, %d in flight, peak %.1f MiB on disk); "
                      "reads waited %.1f s for staging", st["downloaded_bytes"] / 2**20,
-                     st["downloaded_bytes"] / 1e6 / max(st["download_seconds"], 1e-9), DOWNLOADS,
+                     st["downloaded_bytes"] / 1e6 / max(st["download_seconds"], 1e-9), self.downloads,
                      st["peak_bytes"] / 2**20, st["wait_seconds"])
 
     def close(self) -> None:
