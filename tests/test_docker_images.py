@@ -5,7 +5,9 @@ images/<image>/Dockerfile .`, tagged with the names the compiled spec uses), the
 - runs the five stages as the compiled spec's own `command`/`args` in each stage's image, chained on sample
   data by tools/rehearse_images.py's chaining (the same executor inputs and checks), with a bind-mounted folder
   standing for the /gcs/ Cloud Storage FUSE mount: artifact URIs are gs:// URIs that the KFP executor maps to
-  /gcs/..., and the stages write there as the image's own user (root);
+  /gcs/..., and the stages write there as the image's own user (root). Behind that mount, for the train
+  stage, fake-gcs-server holds the same files as the bucket: train stages its shards from /gcs/ through the
+  storage client (data.staging), as on Vertex AI, so the image's client and the path rule are exercised;
 - checks every artifact file is readable by others (0644, folders 0755, under the containers' 0022 umask);
 - starts the serve image on the model trained in the train image, mounted read-only, as Cloud Run (PORT) and
   as Vertex AI (AIP_*) start it, as uid 10001 with a read-only root filesystem and a tmpfs /tmp;
@@ -125,9 +127,11 @@ def test_only_train_holds_torch_and_it_is_the_cuda_build_its_dockerfile_pins(ima
         f"train's torch is built for CUDA {cuda}; the Dockerfile says its CUDA 13 runtime comes from PyPI"
 
 
-def docker_runner(ref: str, work: Path, names: list[str]) -> Any:
+def docker_runner(ref: str, work: Path, names: list[str], emulator: str | None = None) -> Any:
     """Run a task's spec command in its image, as Vertex would: the image's own user, the spec's command in
-    place of the entrypoint, artifact URIs gs://rehearsal/... (the executor maps them to /gcs/rehearsal/...)."""
+    place of the entrypoint, artifact URIs gs://rehearsal/... (the executor maps them to /gcs/rehearsal/...).
+    With `emulator` (fake-gcs-server's URL) the work folder is copied into its bucket first and the container
+    reaches it (host network): the bucket behind /gcs/rehearsal. Otherwise no network at all."""
     host = str(work)
 
     def to_container(value: Any, key: str = "") -> Any:
@@ -145,20 +149,39 @@ def docker_runner(ref: str, work: Path, names: list[str]) -> Any:
         argv = rehearsal.spec_argv(container, to_container(payload))
         name = f"pd-test-{os.getpid()}-{len(names)}"
         names.append(name)
-        return docker("run", "--rm", "--name", name, "--network", "none", "-v", f"{host}:/gcs/{GCS_BUCKET}",
+        network = ["--network", "none"]
+        if emulator:
+            from photo_detector.cloud.gcs import upload_folder
+
+            upload_folder(work, f"gs://{GCS_BUCKET}")
+            network = ["--network", "host", "-e", f"STORAGE_EMULATOR_HOST={emulator}"]
+        return docker("run", "--rm", "--name", name, *network, "-v", f"{host}:/gcs/{GCS_BUCKET}",
                       "--entrypoint", argv[0], local_tag(ref), *argv[1:], timeout=900, check=False)
     return run_in_image
 
 
 @pytest.fixture(scope="module")
 def chain(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path, Path]]:
+    from fakes import fake_gcs
+
+    with fake_gcs() as server:  # the bucket behind /gcs/rehearsal for the train stage (docker_runner)
+        yield from _chain(images, tmp_path_factory, server.url)
+
+
+def _chain(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+           emulator: str) -> Iterator[tuple[Any, Path, Path]]:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
     from photo_detector.data.sample import generate_sample
 
     work = tmp_path_factory.mktemp("docker-chain")
     (work / "logs").mkdir()
     data = generate_sample(work / "data", per_class=30, size=40, seed=7).root
     report, names = rehearsal.Report(), []
-    runners = {image: docker_runner(ref, work, names) for image, ref in images.items() if image != "serve"}
+    storage.Client(project="p", credentials=AnonymousCredentials()).create_bucket(GCS_BUCKET)
+    runners = {image: docker_runner(ref, work, names, emulator if image == "train" else None)
+               for image, ref in images.items() if image != "serve"}
     try:
         start = time.perf_counter()
         model = rehearsal.rehearse_pipeline(runners, work, data, report)
@@ -181,6 +204,9 @@ def test_the_stage_images_run_the_spec_commands_chained(chain: tuple[Any, Path, 
     assert plan["dry_run"] is True and plan["service"]["template"]["containers"][0]["image"].endswith(
         "/serve:" + image_refs()["serve"].rsplit(":", 1)[-1])
     assert (model / "model.onnx").is_file()
+    # The train stage found its data under /gcs/ and staged the shards through the storage client.
+    train_log = (work / "logs" / "train.log").read_text()
+    assert "streamed from shards staged to" in train_log and re.search(r"staged [\d.]+ MiB of shards", train_log)
 
 
 def test_every_artifact_the_stages_write_is_readable_by_others(chain: tuple[Any, Path, Path]) -> None:

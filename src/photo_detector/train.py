@@ -110,7 +110,8 @@ class _Trainer:
         self.rows = shard.rows(self.batch_size)
         self.steps_per_epoch = len(self.train_split) // self.batch_size
         log.info("training data: %d rows, %s; validation: %d rows, %s", len(self.train_split),
-                 self._where(self.train_x), len(self.val_split), self._where(self.val_x))
+                 self._where(self.train_split, self.train_x), len(self.val_split),
+                 self._where(self.val_split, self.val_x))
 
         self.aug_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 2)
         self.augment = BatchAugment(cfg.augmentation, self.pp, self.aug_gen)
@@ -121,11 +122,12 @@ class _Trainer:
         self.degrade = cfg.augmentation.downscale_probability > 0 or cfg.augmentation.blur_probability > 0
         self.loss_fn = nn.BCEWithLogitsLoss()
 
-    def _where(self, x: torch.Tensor | None) -> str:
+    @staticmethod
+    def _where(split: Split, x: torch.Tensor | None) -> str:
         if x is not None:
             return f"resident on {x.device}"
-        if isinstance(self.train_split, StagedSplit):
-            return f"streamed from shards staged to {self.train_split.dir}"
+        if isinstance(split, StagedSplit):
+            return f"streamed from shards staged to {split.dir}"
         return "streamed from its shards"
 
     def _resident(self, split: Split) -> torch.Tensor | None:
