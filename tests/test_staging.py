@@ -102,7 +102,7 @@ def test_a_limit_below_one_window_names_the_key(bucket: tuple[object, Path], tmp
     split = _staged(mounted, SHARD, tmp_path)
     order = epoch_order(split.counts, seed=3, epoch=1, window=2)
     with pytest.raises(ConfigError, match=r"train\.stage_mb allows 0\.0 MiB .* needs 0\.1 MiB at once.*"
-                                          r"at least 1 .*set it to 0"):
+                                          r"at least 1 .*set train.stage_mb=0"):
         split.plan([order[i:i + 6] for i in range(0, len(order), 6)])
     split.close()
 

@@ -97,9 +97,9 @@ class TrainConfig:
     checkpoint_every_minutes: float = _f(10.0, lo=0.0, hi=1e6)
     # Machines (Vertex AI CustomJob replicas) with train.gpus processes each; one torch.distributed job.
     nodes: int = _f(1, lo=1, hi=64)
-    # Boot-disk MiB for training shards staged whole from Cloud Storage (data under /gcs/), shared by this
-    # machine's processes; 0 = read rows through the mount.
-    stage_mb: int = _f(8192, lo=0, hi=10**7)
+    # Boot-disk MiB per training process for shards staged whole from Cloud Storage (data under /gcs/): two
+    # windows of 16 shards of verify.shard_mb by default; 0 = read rows through the mount.
+    stage_mb: int = _f(4096, lo=0, hi=10**7)
 
 
 @dataclass

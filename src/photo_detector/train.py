@@ -24,7 +24,7 @@ from photo_detector.config import Config, from_dict
 from photo_detector.data.augment import BatchAugment, degrade, eval_transform, jpeg_recompress, uint8_nchw
 from photo_detector.data.loader import Prefetcher, Rows, Split, batches_of, epoch_order, load_data
 from photo_detector.data.packed import PackedSplit
-from photo_detector.data.staging import Fetch, StagedSplit, stage_limit
+from photo_detector.data.staging import Fetch, StagedSplit
 from photo_detector.errors import DataError, PhotoDetectorError
 from photo_detector.export import export_model_folder
 from photo_detector.io import prepare_output_dir, write_text_atomic
@@ -100,8 +100,7 @@ class _Trainer:
         self.train_x = self._resident(self.train_split)
         if self.train_x is None and stage is not None and cfg.train.stage_mb > 0 and \
                 isinstance(self.train_split, PackedSplit):  # on Cloud Storage: whole shards to the boot disk
-            self.train_split = StagedSplit(self.train_split, stage, stage_limit(cfg.train.stage_mb, cfg.train.gpus),
-                                           processes=cfg.train.gpus)
+            self.train_split = StagedSplit(self.train_split, stage, cfg.train.stage_mb * 2**20)
         self.val_x = self._resident(self.val_split)
         self.train_y = torch.from_numpy(self.train_split.labels).float()
         # The global batch (every process's rows together); each process trains on `self.rows` of it.

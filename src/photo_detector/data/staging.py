@@ -5,7 +5,7 @@ row-sized pieces in random order. Through the `/gcs/` FUSE mount each piece is a
 through the storage client are sequential transfers, 2.5x faster per connection against fake-gcs-server
 (docs/architecture.md, benchmarks/data_scale.py). So `StagedSplit` downloads each shard whole, ahead of its
 first use in the epoch's planned reads, to a temporary folder on the boot disk, and deletes it after its last
-use, never holding more than a byte limit (`train.stage_mb`).
+use, never holding more than a byte limit (`train.stage_mb`, per training process).
 
 The rules that keep it correct:
 - Only planned reads are staged: `plan(batches)` is told this process's batches of the epoch, in order, and
@@ -61,10 +61,9 @@ class StagedSplit:
     """A `PackedSplit` whose planned reads come from staged copies of its shards (same interface)."""
 
     def __init__(self, remote: PackedSplit, fetch: Fetch, limit_bytes: int, root: str | Path | None = None, *,
-                 processes: int = 1, downloads: int = DOWNLOADS) -> None:
-        """`limit_bytes` is this process's share; `processes` (this machine's training processes sharing
-        `train.stage_mb`) only sizes the hint when the limit is too small."""
-        self.remote, self.fetch, self.limit, self.processes = remote, fetch, int(limit_bytes), max(1, processes)
+                 downloads: int = DOWNLOADS) -> None:
+        """`limit_bytes`: what this process may hold on disk (train.stage_mb); `downloads` in flight."""
+        self.remote, self.fetch, self.limit = remote, fetch, int(limit_bytes)
         self.downloads = max(1, downloads)
         self.labels, self.size, self.shards = remote.labels, remote.size, remote.shards
         self.dir = Path(tempfile.mkdtemp(prefix="photo-detector-stage-", dir=root))
@@ -124,9 +123,9 @@ class StagedSplit:
         if peak > self.limit:
             raise ConfigError(f"train.stage_mb allows {self.limit / 2**20:.1f} MiB of staged shards per training "
                               f"process, but one window of this epoch's order needs {peak / 2**20:.1f} MiB at once",
-                              f"raise train.stage_mb to at least {math.ceil(2 * peak / 2**20 * self.processes)} (two "
-                              "windows per process: one read, one downloading) or set it to 0 to read rows "
-                              "through the mount")
+                              f"raise train.stage_mb to at least {math.ceil(2 * peak / 2**20)} (two windows: one "
+                              "read, one downloading), lower verify.shard_mb, or set train.stage_mb=0 to read "
+                              "rows through the mount")
         with self._cond:
             self._queue = sorted(first, key=lambda k: (first[k], k))
             self._next, self._left, self._closed = 0, left, False
@@ -265,8 +264,3 @@ class StagedSplit:
         self._stop()
         self.local.close()
         self._cleanup()
-
-
-def stage_limit(stage_mb: int, processes: int) -> int:
-    """Bytes each of this machine's training processes may stage: the configured total split between them."""
-    return int(stage_mb) * 2**20 // max(1, processes)
