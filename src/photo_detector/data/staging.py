@@ -129,6 +129,7 @@ class StagedSplit:
         with self._cond:
             self._queue = sorted(first, key=lambda k: (first[k], k))
             self._next, self._left, self._closed = 0, left, False
+            self.stats = {k: type(v)(0) for k, v in self.stats.items()}  # per plan: what finish() reports
         self._threads = [threading.Thread(target=self._download_loop, name=f"photo-detector-stage-{i}", daemon=True)
                          for i in range(min(self.downloads, len(self._queue)))]
         for th in self._threads:
