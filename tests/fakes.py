@@ -58,6 +58,17 @@ class FakeAPI:
                 return status, {"error": {"code": status, "message": message, "status": _STATUS.get(status, "ERR")}}
         return None
 
+    def answer(self, req: Request, target: str) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body for a recorded request (`target`: its path with the query, as sent): a
+        scripted failure, else `route`'s answer encoded."""
+        status, payload = self._scripted(req) or self.route(req)
+        data = payload if isinstance(payload, bytes) else (
+            payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+        headers = {"Content-Type": "application/json" if not isinstance(payload, bytes | str) else "text/plain"}
+        if isinstance(payload, dict) and "digest" in payload:
+            headers["Docker-Content-Digest"] = payload["digest"]
+        return status, headers, data
+
     def serve(self) -> tuple[ThreadingHTTPServer, str]:
         api = self
 
@@ -76,14 +87,11 @@ class FakeAPI:
                     body = _multipart(raw, ctype)
                 req = Request(self.command, unquote(url.path), parse_qs(url.query), body, dict(self.headers), raw)
                 api.requests.append(req)
-                status, payload = api._scripted(req) or api.route(req)
-                data = payload if isinstance(payload, bytes) else (
-                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+                status, headers, data = api.answer(req, self.path)
                 self.send_response(status)
-                if isinstance(payload, dict) and "digest" in payload:
-                    self.send_header("Docker-Content-Digest", payload["digest"])
-                self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes | str)
-                                 else "text/plain")
+                for k, v in headers.items():  # a forwarded answer's own framing headers are not passed on
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -635,39 +643,14 @@ class BucketIamFront(FakeAPI):
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
 
-    def serve(self) -> tuple[ThreadingHTTPServer, str]:
-        front = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                url = urlsplit(self.path)
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body: Any = json.loads(raw) if raw and "json" in self.headers.get("Content-Type", "") else raw
-                req = Request(self.command, unquote(url.path), parse_qs(url.query), body, dict(self.headers), raw)
-                front.requests.append(req)
-                scripted = front._scripted(req)
-                m = re.fullmatch(r"/storage/v1/b/([^/]+)/iam", req.path)
-                if scripted or m:
-                    status, payload = scripted or front._iam(m.group(1), req)
-                    data, headers = json.dumps(payload).encode(), {"Content-Type": "application/json"}
-                else:
-                    status, headers, data = front._forward(self.command, self.path, dict(self.headers), raw)
-                self.send_response(status)
-                for k, v in headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _handle
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server, f"http://127.0.0.1:{server.server_address[1]}"
+    def answer(self, req: Request, target: str) -> tuple[int, dict[str, str], bytes]:
+        """Scripted failures and bucket IAM here; everything else is the emulator's answer, byte for byte."""
+        scripted = self._scripted(req)
+        m = re.fullmatch(r"/storage/v1/b/([^/]+)/iam", req.path)
+        if scripted or m:
+            status, payload = scripted or self._iam(m.group(1), req)
+            return status, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+        return self._forward(req.method, target, req.headers, req.raw)
 
     def _iam(self, bucket: str, req: Request) -> tuple[int, Any]:
         status, _, _ = self._forward("GET", f"/storage/v1/b/{bucket}", {}, b"")
