@@ -158,6 +158,10 @@ class PackedSplit:
                             "re-run verify-data")
         return tuple(paths)
 
+    def shard_of(self, idx: np.ndarray) -> np.ndarray:
+        """The shard holding each global row index."""
+        return np.searchsorted(self._starts, idx, side="right") - 1
+
     def _fd(self, k: int) -> int:
         with self._lock:
             fd = self._fds.get(k)
@@ -201,7 +205,7 @@ class PackedSplit:
         if idx.min() < 0 or idx.max() >= len(self):
             raise IndexError(f"row index out of range for {len(self)} rows")
         order = np.argsort(idx, kind="stable")
-        shard_of = np.searchsorted(self._starts, idx[order], side="right") - 1
+        shard_of = self.shard_of(idx[order])
         views = out.reshape(len(idx), self.row_bytes)
         i = 0
         while i < len(order):  # one run: consecutive rows of one shard

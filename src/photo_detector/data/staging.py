@@ -20,7 +20,6 @@ The rules that keep it correct:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -35,7 +34,7 @@ from typing import Protocol
 
 import numpy as np
 
-from photo_detector.data.packed import PackedSplit
+from photo_detector.data.packed import PackedSplit, file_sha256
 from photo_detector.errors import ConfigError, DataError, PhotoDetectorError
 
 log = logging.getLogger(__name__)
@@ -47,14 +46,6 @@ class Fetch(Protocol):
     """Writes the packed folder's file `name` (e.g. `shards/train-00003.u8`) to `dest`, whole."""
 
     def __call__(self, name: str, dest: Path) -> None: ...
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class StagedSplit:
@@ -69,7 +60,6 @@ class StagedSplit:
         self.dir = Path(tempfile.mkdtemp(prefix="photo-detector-stage-", dir=root))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)  # also at interpreter exit
         self.local = PackedSplit(self.dir, remote.split, remote.size, remote.labels, remote.shards)
-        self._starts = np.array([s.start for s in remote.shards], np.int64)
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._queue: list[int] = []
@@ -93,9 +83,6 @@ class StagedSplit:
     def nbytes(self) -> int:
         return self.remote.nbytes
 
-    def shard_of(self, idx: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self._starts, idx, side="right") - 1
-
     def plan(self, batches: Sequence[np.ndarray]) -> None:
         """Stage for these reads (this process's batches of an epoch, in reading order); forgets any earlier
         plan and its staged copies."""
@@ -104,7 +91,7 @@ class StagedSplit:
         last: dict[int, int] = {}
         left: dict[int, int] = {}
         for t, b in enumerate(batches):
-            ks, n = np.unique(self.shard_of(np.asarray(b, np.int64)), return_counts=True)
+            ks, n = np.unique(self.remote.shard_of(np.asarray(b, np.int64)), return_counts=True)
             for k, c in zip(ks.tolist(), n.tolist(), strict=True):
                 first.setdefault(k, t)
                 last[k] = t
@@ -179,7 +166,7 @@ class StagedSplit:
                             "check that the training service account can read the bucket, or set "
                             "train.stage_mb=0 to read rows through the mount") from None
         size = part.stat().st_size if part.is_file() else -1
-        if size != s.bytes or _sha256(part) != s.sha256:
+        if size != s.bytes or file_sha256(part) != s.sha256:
             part.unlink(missing_ok=True)
             raise DataError(f"staged copy of {self.remote.root / s.file} does not match the manifest (size "
                             f"{size}, manifest {s.bytes}, or its SHA-256)",
@@ -205,7 +192,7 @@ class StagedSplit:
         """Rows `indices`: from staged copies when the current plan covers their shards, else from the packed
         folder. Planned rows count down their shard's uses; a shard is deleted after its last."""
         idx = np.asarray(indices, np.int64)
-        ks, n = np.unique(self.shard_of(idx), return_counts=True)
+        ks, n = np.unique(self.remote.shard_of(idx), return_counts=True)
         with self._cond:
             planned = bool(len(idx)) and all(self._left.get(k, 0) >= c for k, c in zip(ks.tolist(), n.tolist(),
                                                                                        strict=True))
