@@ -37,6 +37,7 @@ from photo_detector.train_support import (  # noqa: F401 - re-exported: the name
     METRIC_COLUMNS,
     RESUME_FREE_KEYS,
     TIMING_KEYS,
+    MidEpoch,
     binary_metrics,
     budget_reached,
     cpu_has_amx,
@@ -345,24 +346,6 @@ def run_train(data_dir: str | Path, out_dir: str | Path, cfg: Config, *, resume:
     return result
 
 
-class _MidEpoch:
-    """The mid-epoch checkpoint policy: save when train.checkpoint_every_minutes have passed since the last
-    save, by rank 0's clock (agreed by every rank: the save gathers the running sums, a collective)."""
-
-    def __init__(self, minutes: float, shard: Shard, save: Callable[[int, list[float]], None]) -> None:
-        self.seconds, self.shard, self.save = minutes * 60, shard, save
-        self.last = time.monotonic()
-
-    def __call__(self, step: int, sums: list[float]) -> None:
-        if not self.shard.agree(time.monotonic() - self.last >= self.seconds):
-            return
-        self.save(step, self.shard.sum(sums))
-        self.last = time.monotonic()
-
-    def epoch_saved(self) -> None:
-        self.last = time.monotonic()
-
-
 def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
            on_epoch_end: Callable[[dict[str, float]], None] | None,
            on_checkpoint: Callable[[dict[str, Any]], None] | None, stage: Fetch | None, shard: Shard,
@@ -428,7 +411,7 @@ def _train(data_dir: Path, out: Path, cfg: Config, resume: bool,
                 on_checkpoint({"epoch": epoch, "step": step})
 
     minutes = cfg.train.checkpoint_every_minutes
-    mid_epoch = _MidEpoch(minutes, shard, save_mid_epoch) if minutes > 0 else None
+    mid_epoch = MidEpoch(minutes, shard, save_mid_epoch) if minutes > 0 else None
     # Closed however the loop ends, a diverged run included; only rank 0 writes logs and checkpoints.
     with EpochLog(out / LOGS) if shard.main else contextlib.nullcontext() as tb:
         while stopped_by is None and epoch < cfg.train.epochs:

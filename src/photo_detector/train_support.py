@@ -9,6 +9,7 @@ import ctypes
 import io
 import math
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from photo_detector.config import Config
 from photo_detector.errors import PhotoDetectorError
 from photo_detector.io import atomic_path, write_text_atomic
 from photo_detector.metrics import binary_metrics  # noqa: F401 - re-exported
+from photo_detector.parallel import Shard
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision",
                   "val_recall", "val_f1", "learning_rate", "images_per_second", "seconds")
@@ -212,3 +214,21 @@ def resume_checkpoint(last_path: Path, cfg: Config) -> dict[str, Any]:
         merged[section][key] = getattr(getattr(cfg, section), key)
     ckpt["config"] = merged
     return ckpt
+
+
+class MidEpoch:
+    """The mid-epoch checkpoint policy: save when train.checkpoint_every_minutes have passed since the last
+    save, by rank 0's clock (agreed by every rank: the save gathers the running sums, a collective)."""
+
+    def __init__(self, minutes: float, shard: Shard, save: Callable[[int, list[float]], None]) -> None:
+        self.seconds, self.shard, self.save = minutes * 60, shard, save
+        self.last = time.monotonic()
+
+    def __call__(self, step: int, sums: list[float]) -> None:
+        if not self.shard.agree(time.monotonic() - self.last >= self.seconds):
+            return
+        self.save(step, self.shard.sum(sums))
+        self.last = time.monotonic()
+
+    def epoch_saved(self) -> None:
+        self.last = time.monotonic()
