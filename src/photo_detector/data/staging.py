@@ -20,6 +20,7 @@ The rules that keep it correct:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -96,17 +97,11 @@ class StagedSplit:
                 first.setdefault(k, t)
                 last[k] = t
                 left[k] = left.get(k, 0) + c
-        live, peak = 0, 0
-        ends: dict[int, list[int]] = {}
-        for k, t in last.items():
-            ends.setdefault(t, []).append(k)
-        by_first: dict[int, list[int]] = {}
+        change = np.zeros(len(batches) + 1, np.int64)  # a shard is live from its first to its last read
         for k, t in first.items():
-            by_first.setdefault(t, []).append(k)
-        for t in range(len(batches)):
-            live += sum(self.shards[k].bytes for k in by_first.get(t, ()))
-            peak = max(peak, live)
-            live -= sum(self.shards[k].bytes for k in ends.get(t, ()))
+            change[t] += self.shards[k].bytes
+            change[last[k] + 1] -= self.shards[k].bytes
+        peak = int(np.cumsum(change).max())
         if peak > self.limit:
             raise ConfigError(f"train.stage_mb allows {self.limit / 2**20:.1f} MiB of staged shards per training "
                               f"process, but one window of this epoch's order needs {peak / 2**20:.1f} MiB at once",
@@ -145,13 +140,16 @@ class StagedSplit:
                     self._broken = self._broken or exc
                     self._cond.notify_all()
                 return
-            with self._cond:
+            with self._cond:  # moved into place under the lock, so disk_bytes never counts a file twice
+                part = self.dir / f"{self.shards[k].file}.part"
+                os.replace(part, self.dir / self.shards[k].file)
                 self._staged.add(k)
                 self.stats["downloaded_bytes"] += self.shards[k].bytes
                 self.stats["download_seconds"] += seconds
                 self._cond.notify_all()
 
     def _download(self, k: int) -> float:
+        """Shard k into `<file>.part`, checked against the manifest; the caller moves it into place."""
         s = self.shards[k]
         dest = self.dir / s.file
         part = dest.with_name(dest.name + ".part")
@@ -171,7 +169,6 @@ class StagedSplit:
             raise DataError(f"staged copy of {self.remote.root / s.file} does not match the manifest (size "
                             f"{size}, manifest {s.bytes}, or its SHA-256)",
                             "re-run verify-data; the packed folder was changed after it was written")
-        os.replace(part, dest)
         return time.perf_counter() - start
 
     def _wait(self, ks: list[int]) -> None:
@@ -207,6 +204,15 @@ class StagedSplit:
                     self._evict(k)
             self._cond.notify_all()
         return out
+
+    def disk_bytes(self) -> int:
+        """Bytes of the staged and partly downloaded shards in the folder now: what train.stage_mb bounds."""
+        total = 0
+        with self._cond:  # moves into place and deletions of staged copies happen under it
+            for f in self.dir.rglob("*"):
+                with contextlib.suppress(FileNotFoundError):  # a failed download's partial file, just removed
+                    total += f.stat().st_size if f.is_file() else 0
+        return total
 
     def _evict(self, k: int) -> None:
         """(Lock held.) Deletes shard k's copy and returns its bytes to the limit."""
