@@ -20,11 +20,16 @@ def rehearsal_module():
     return module
 
 
+def built_wheel(out: Path) -> Path:
+    """The wheel of this tree, built as the images build it (not editable), into `out`."""
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return next(out.glob("photo_detector-*.whl"))
+
+
 def test_the_built_wheel_holds_every_module_and_config(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    wheel = next(tmp_path.glob("photo_detector-*.whl"))
+    wheel = built_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = rehearsal_module().tree_modules()
     assert len(expected) > 50 and {"photo_detector/components/train.py", "photo_detector/pipelines/compile.py",

@@ -198,14 +198,11 @@ def test_train_nodes_compiles_train_as_a_custom_job_with_that_many_replicas(tmp_
     import subprocess
     import sys
 
-    from test_packaging import rehearsal_module
+    from test_packaging import built_wheel, rehearsal_module
 
     from photo_detector.pipelines.training_pipeline import TRAIN_NODES_ENV
 
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "wheel"), str(ROOT)], capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, built.stderr
-    wheel = next((tmp_path / "wheel").glob("photo_detector-*.whl"))
+    wheel = built_wheel(tmp_path / "wheel")
     env, py = tmp_path / "env", tmp_path / "env" / "bin" / "python"
     for cmd in (["uv", "venv", "--quiet", "--python", sys.executable, str(env)],
                 ["uv", "pip", "install", "--quiet", "--python", str(py), *rehearsal_module().pip_sources(),
